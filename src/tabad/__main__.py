@@ -1,0 +1,3 @@
+from tabad.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""``tabad benchmark``: every (category, method, weights) pair, scored and reported.
+
+Output folder::
+
+    results.json   {"provenance": {...}, "results": [...]}
+    results.csv    one row per pair
+    results.md     paper-style tables (per category, texture/object/overall averages)
+    panels/        <category>__<method>.png: image | heat map per weights | ground truth
+    pairs/         one JSON (+ panel maps .npz, + predictions .npz on request) per
+                   finished pair: the resume state. A rerun reuses a pair whose
+                   settings and weights hash are unchanged, so an interrupted run
+                   loses no finished work.
+
+Each split of a category is decoded once and shared by every weights source
+and method; each weights source is loaded once and shared by every category.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tabad.errors import TabadError
+from tabad.files import atomic_write, atomic_write_json, atomic_write_text
+
+
+@dataclass
+class BenchmarkConfig:
+    data: Path
+    out: Path
+    methods: list[str] = field(default_factory=lambda: ["padim"])
+    weights: list[str] = field(default_factory=lambda: ["random"])
+    categories: list[str] | None = None
+    backbone: str = "resnet18"
+    seed: int = 0
+    resize: int = 256
+    crop: int = 224
+    layout: str = "auto"
+    skip_bad: bool = False
+    n_panels: int = 4
+    save_predictions: bool = False
+    method_options: dict[str, dict] = field(default_factory=dict)
+    allow_download: bool = False
+    resume: bool = True
+    progress: bool = True
+    device: str = "auto"
+    title: str = "tabad benchmark"
+
+
+def _pair_name(category: str, method: str, weights_label: str) -> str:
+    return f"{category}__{method}__{weights_label}"
+
+
+def _pair_key(cfg: BenchmarkConfig, category: str, method: str, weights_sha: str, n_train: int, n_test: int) -> str:
+    """Everything that changes a pair's numbers; a stored pair is reused only if this matches."""
+    import tabad
+
+    key = {
+        "data": str(Path(cfg.data).resolve()), "category": category, "method": method,
+        "options": cfg.method_options.get(method, {}), "weights_sha256": weights_sha, "backbone": cfg.backbone,
+        "seed": cfg.seed, "resize": cfg.resize, "crop": cfg.crop, "layout": cfg.layout, "n_train": n_train,
+        "n_test": n_test, "version": tabad.__version__,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def select_panel_indices(samples, n: int) -> list[int]:
+    """Up to ``n`` test images: the first of each defect type, then more anomalies, then a normal one."""
+    if n <= 0:
+        return []
+    first_of_type: dict[str, int] = {}
+    for i, s in enumerate(samples):
+        if s.label == 1:
+            first_of_type.setdefault(s.defect_type, i)
+    chosen = list(first_of_type.values())[: max(n - 1, 1)]
+    normals = [i for i, s in enumerate(samples) if s.label == 0]
+    extra = [i for i, s in enumerate(samples) if s.label == 1 and i not in chosen]
+    while len(chosen) < n - (1 if normals else 0) and extra:
+        chosen.append(extra.pop(0))
+    if normals and len(chosen) < n:
+        chosen.append(normals[0])
+    return chosen[:n]
+
+
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the benchmark described by ``cfg``; returns the ``results.json`` content."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from tabad import metrics
+    from tabad.backbones import build_backbone
+    from tabad.datasets.categories import category_kind
+    from tabad.datasets.loader import load_split
+    from tabad.datasets.readers import list_categories, read_category
+    from tabad.datasets.transforms import Geometry, denormalize_to_uint8
+    from tabad.methods import create_method, method_names
+    from tabad.provenance import environment
+    from tabad.report import heatmap_panel, markdown_report, write_csv
+
+    unknown = [m for m in cfg.methods if m not in method_names()]
+    if unknown:
+        raise TabadError(f"unknown method(s) {unknown}; available: {', '.join(method_names())}")
+    out = Path(cfg.out)
+    pairs_dir = out / "pairs"
+    pairs_dir.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(cfg.device)
+    geometry = Geometry(cfg.resize, cfg.crop)
+
+    categories = cfg.categories or list_categories(cfg.data, cfg.layout)
+    # Load every weights source up front: a bad path fails in seconds, not after an hour.
+    backbones = {}
+    for source in cfg.weights:
+        bb = build_backbone(cfg.backbone, source, seed=cfg.seed, allow_download=cfg.allow_download).to(device)
+        if bb.info.label in {b.info.label for b in backbones.values()}:
+            raise TabadError(f"two weights sources share the label {bb.info.label!r}; rename one of the files")
+        backbones[source] = bb
+
+    results: list[dict] = []
+    datasets_info: dict[str, dict] = {}
+    total = len(categories) * len(cfg.methods) * len(cfg.weights)
+    bar = tqdm(total=total, desc="benchmark", unit="pair", disable=not cfg.progress)
+    for category in categories:
+        data = read_category(cfg.data, category, layout=cfg.layout, skip_bad=cfg.skip_bad)
+        kind = category_kind(cfg.data, category)
+        datasets_info[category] = {
+            "layout": data.layout, "kind": kind, "n_train": len(data.train), "n_test": len(data.test),
+            "n_test_anomalous": data.n_test_anomalous, "has_masks": data.has_masks,
+            "skipped": [[str(p), why] for p, why in data.skipped],
+        }
+        train = test = None  # decoded lazily: a fully resumed category needs no pixels
+        panel_idx = select_panel_indices(data.test, cfg.n_panels)
+        for method in cfg.methods:
+            panel_maps, panel_titles, panel_ranges = [], [], []
+            for source, bb in backbones.items():
+                name = _pair_name(category, method, bb.info.label)
+                key = _pair_key(cfg, category, method, bb.info.sha256, len(data.train), len(data.test))
+                pair_json, pair_npz = pairs_dir / f"{name}.json", pairs_dir / f"{name}.panel.npz"
+                stored = _load_pair(pair_json, pair_npz, key) if cfg.resume else None
+                if stored is not None:
+                    result, pmaps = stored
+                    bar.set_postfix_str(f"{category}/{bb.info.label} (reused)")
+                else:
+                    bar.set_postfix_str(f"{category}/{method}/{bb.info.label}")
+                    if train is None:
+                        t0 = time.perf_counter()
+                        train = load_split(data.train, geometry, progress=cfg.progress, desc=f"{category} train")
+                        test = load_split(data.test, geometry, progress=cfg.progress, desc=f"{category} test")
+                        datasets_info[category]["load_seconds"] = round(time.perf_counter() - t0, 3)
+                    result, pmaps, preds = _run_pair(cfg, method, bb, train, test, data, kind, panel_idx, device,
+                                                     create_method, metrics)
+                    result["key"] = key
+                    save_npz(pair_npz, maps=pmaps)
+                    if cfg.save_predictions:
+                        save_npz(out / "predictions" / f"{name}.npz", **preds)
+                    atomic_write_json(pair_json, result)
+                results.append(result)
+                panel_maps.append(pmaps)
+                panel_titles.append(bb.info.label)
+                panel_ranges.append((result["map_min"], result["map_max"]))
+                bar.update()
+            if panel_idx:
+                if test is None:
+                    test = load_split(data.test, geometry)
+                imgs = np.stack([denormalize_to_uint8(_norm(test.images[i])) for i in panel_idx])
+                masks = test.masks[panel_idx].numpy()
+                rows = [f"{data.test[i].defect_type}/{data.test[i].image_path.name}" for i in panel_idx]
+                heatmap_panel(out / "panels" / f"{category}__{method}.png", imgs, panel_maps,
+                              [f"{method} / {t}" for t in panel_titles], masks, rows, panel_ranges)
+    bar.close()
+
+    provenance = {
+        "environment": environment(),
+        "data_root": str(Path(cfg.data).resolve()),
+        "categories": datasets_info,
+        "methods": {m: cfg.method_options.get(m, {}) for m in cfg.methods},
+        "method_configs": {r["method"]: r["config"] for r in results},
+        "weights": [bb.info.to_dict() for bb in backbones.values()],
+        "backbone": cfg.backbone,
+        "seed": cfg.seed,
+        "resize": cfg.resize,
+        "crop": cfg.crop,
+        "image_size": list(geometry.output_size),
+        "layout": cfg.layout,
+        "text_encoder": None,
+        "device": str(device),
+    }
+    report = {"provenance": provenance, "results": results}
+    atomic_write_json(out / "results.json", report)
+    write_csv(out / "results.csv", results)
+    atomic_write_text(out / "results.md", markdown_report(results, provenance, title=cfg.title))
+    return report
+
+
+def save_npz(path: Path, **arrays) -> Path:
+    """Compressed npz, written atomically."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+def _norm(img_uint8):
+    from tabad.datasets.transforms import normalize
+
+    return normalize(img_uint8.unsqueeze(0))[0]
+
+
+def _load_pair(pair_json: Path, pair_npz: Path, key: str):
+    if not (pair_json.is_file() and pair_npz.is_file()):
+        return None
+    try:
+        result = json.loads(pair_json.read_text())
+        if result.get("key") != key:
+            return None
+        with np.load(pair_npz) as z:
+            return result, z["maps"]
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged resume file is recomputed, never trusted
+
+
+def _run_pair(cfg, method_name, bb, train, test, data, kind, panel_idx, device, create_method, metrics):
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model = create_method(method_name, bb, cfg.method_options.get(method_name, {})).to(device)
+    batch = getattr(model.config, "batch_size", 32)
+
+    t0 = time.perf_counter()
+    model.fit(train.batches(batch, device))
+    fit_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scores, maps = [], []
+    for x in test.batches(batch, device):
+        s, m = model.predict(x)
+        scores.append(s.float().cpu())
+        maps.append(m.float().cpu())
+    predict_seconds = time.perf_counter() - t0
+    scores_np = torch.cat(scores).numpy()
+    maps_np = torch.cat(maps).numpy()
+
+    masks = test.masks.numpy() if data.has_masks else None
+    values = metrics.evaluate(test.labels, scores_np, masks, maps_np if masks is not None else None)
+    result = {
+        "category": data.category, "kind": kind, "method": method_name, "weights": bb.info.label,
+        **{k: (None if v is None else float(v)) for k, v in values.items()},
+        "n_train": len(train), "n_test": len(test), "n_test_anomalous": int(test.labels.sum()),
+        "fit_seconds": round(fit_seconds, 4),
+        "predict_ms_per_image": round(1000 * predict_seconds / max(len(test), 1), 3),
+        "weights_sha256": bb.info.sha256, "backbone": cfg.backbone, "seed": cfg.seed,
+        "image_size": list(maps_np.shape[1:]), "layout": data.layout,
+        "map_min": float(maps_np.min()), "map_max": float(maps_np.max()),
+        "config": _config_dict(model.config),
+    }
+    preds = {"scores": scores_np, "maps": maps_np, "labels": test.labels,
+             "masks": test.masks.numpy(), "files": np.array([str(s.image_path) for s in data.test])}
+    return result, maps_np[panel_idx].astype(np.float16), preds
+
+
+def _config_dict(config) -> dict:
+    d = asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -1,0 +1,78 @@
+"""Decode a list of samples into compact in-memory tensors.
+
+The evaluation sets of anomaly detection are small (hundreds of images), so
+each split is decoded once and kept as uint8 (a 224 px image is 150 kB) and
+normalised batch by batch. One decode serves every weights source and method
+of a benchmark run.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from tabad.datasets.images import load_image, load_mask
+from tabad.datasets.sample import Sample
+from tabad.datasets.transforms import Geometry, normalize, resize_crop_image, resize_crop_mask
+from tabad.errors import DataError
+
+
+@dataclass
+class LoadedSplit:
+    """Images (N, 3, H, W) uint8, masks (N, H, W) bool and labels (N,) of one split."""
+
+    samples: list[Sample]
+    images: "object"  # torch.Tensor uint8
+    masks: "object"  # torch.Tensor bool
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def batches(self, batch_size: int, device="cpu") -> Iterator["object"]:
+        """Yield normalised float batches (B, 3, H, W)."""
+        for i in range(0, len(self), batch_size):
+            yield normalize(self.images[i : i + batch_size].to(device))
+
+
+def _load_one(sample: Sample, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    img = load_image(sample.image_path)
+    arr = resize_crop_image(img, geometry)
+    if sample.mask_path is not None:
+        mask = load_mask(sample.mask_path)
+        if mask.shape != (img.height, img.width):
+            raise DataError(sample.mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                                              f"{sample.image_path} is {img.width}x{img.height}")
+        m = resize_crop_mask(mask, geometry)
+    else:
+        m = np.zeros(arr.shape[:2], dtype=bool)
+    return arr, m
+
+
+def load_split(samples: Sequence[Sample], geometry: Geometry, workers: int = 2, progress: bool = False,
+               desc: str = "loading") -> LoadedSplit:
+    """Decode, resize and crop every sample (threads: PIL releases the GIL while decoding)."""
+    import torch
+
+    samples = list(samples)
+    h, w = geometry.output_size
+    images = torch.empty((len(samples), 3, h, w), dtype=torch.uint8)
+    masks = torch.zeros((len(samples), h, w), dtype=torch.bool)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(samples), desc=desc, unit="img", leave=False)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, (arr, m) in enumerate(pool.map(lambda s: _load_one(s, geometry), samples)):
+            images[i] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+            masks[i] = torch.from_numpy(np.ascontiguousarray(m))
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    return LoadedSplit(samples, images, masks, labels)

@@ -1,0 +1,147 @@
+"""PaDiM: a Gaussian per feature position, Mahalanobis distance as the score.
+
+Follows the de-facto reference (xiahaifeng1995/PaDiM-Anomaly-Detection-
+Localization-master) as specified in methods.md §1; Defard et al., ICPR-W 2020:
+
+* features of layer1-3, coarser layers replicated onto the layer1 grid
+  (nearest upsampling) and concatenated (448 channels for ResNet18);
+* one fixed random channel subset, ``random.seed(1024);
+  random.sample(range(total), d)`` with d = 100 (ResNet18) or 550
+  (WideResNet50-2) — the same indices for every backbone of a given width;
+* per position: mean and unbiased covariance (N − 1) + 0.01·I;
+* Mahalanobis distance per position, bilinear upsampling to the input size
+  (align_corners=False), Gaussian blur σ = 4 (scipy-equivalent), image score
+  = max of the smoothed map.
+
+Deviations from the reference, all without effect on the numbers: statistics
+are accumulated batch by batch (memory grows with positions·d², not with the
+number of images), the precision matrices are computed once at fit time and
+the distance is a batched einsum instead of a per-pixel scipy loop. Maps are
+not min-max normalised over the test set (monotone, so no metric changes).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tabad.backbones import Backbone
+from tabad.methods.common import gaussian_blur, upsample
+
+#: Reference channel-subset sizes per architecture (methods.md §1).
+DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
+
+
+@dataclass(frozen=True)
+class PadimConfig:
+    """PaDiM hyperparameters; defaults are the reference's."""
+
+    layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
+    #: channels kept: an int, "all", or None for the per-architecture default.
+    n_features: int | str | None = None
+    #: seed of Python's ``random`` for the channel subset (reference: 1024).
+    channel_seed: int = 1024
+    #: diagonal regulariser added to every covariance.
+    epsilon: float = 0.01
+    #: Gaussian smoothing of the upsampled map.
+    sigma: float = 4.0
+    batch_size: int = 32
+
+
+def select_channels(total: int, n_features: int | str | None, arch: str, seed: int = 1024) -> list[int]:
+    """The reference's channel subset: ``random.seed(seed); random.sample(range(total), d)``.
+
+    A private ``random.Random`` gives the same sequence as seeding the global
+    generator, without disturbing anyone else's random state.
+    """
+    if n_features == "all":
+        return list(range(total))
+    d = DEFAULT_N_FEATURES.get(arch, total) if n_features is None else int(n_features)
+    if not 0 < d <= total:
+        raise ValueError(f"n_features={d} must be in 1..{total} (or 'all')")
+    return random.Random(seed).sample(range(total), d)
+
+
+class Padim(nn.Module):
+    """PaDiM on a frozen backbone. ``fit`` then ``predict`` (see :mod:`tabad.methods`)."""
+
+    name = "padim"
+
+    def __init__(self, backbone: Backbone, config: PadimConfig = PadimConfig()):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        total = sum(backbone.channels(config.layers))
+        idx = select_channels(total, config.n_features, backbone.arch, config.channel_seed)
+        self.register_buffer("idx", torch.tensor(idx, dtype=torch.long))
+        self.register_buffer("mean", torch.empty(0))
+        self.register_buffer("precision", torch.empty(0))
+        self.grid: tuple[int, int] | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.mean.numel() > 0
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, d, h, w) selected features at layer1 resolution."""
+        feats = self.backbone(x, self.config.layers)
+        first = feats[self.config.layers[0]]
+        size = first.shape[-2:]
+        parts = [first] + [F.interpolate(feats[k], size=size, mode="nearest") for k in self.config.layers[1:]]
+        # Selecting channel by channel avoids materialising all 448 (or 1792) channels twice.
+        emb = torch.cat(parts, dim=1)
+        return emb.index_select(1, self.idx.to(emb.device))
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[torch.Tensor]) -> "Padim":
+        """Per-position mean and regularised covariance from normal training batches."""
+        n = 0
+        shift = s1 = s2 = None
+        for x in batches:
+            e = self.embed(x)  # (B, d, h, w)
+            b, d, h, w = e.shape
+            v = e.permute(2, 3, 0, 1).reshape(h * w, b, d)  # (P, B, d)
+            if shift is None:
+                self.grid = (h, w)
+                # Centring on the first batch's mean keeps float32 sums of squares accurate.
+                shift = v.mean(dim=1, keepdim=True)
+                s1 = torch.zeros(h * w, d, dtype=torch.float64, device=e.device)
+                s2 = torch.zeros(h * w, d, d, dtype=torch.float64, device=e.device)
+            c = v - shift
+            s1 += c.sum(dim=1).double()
+            s2 += torch.bmm(c.transpose(1, 2), c).double()
+            n += b
+        if n < 2:
+            raise ValueError(f"PaDiM needs at least 2 training images, got {n}")
+        mean_c = s1 / n
+        cov = (s2 - n * mean_c.unsqueeze(2) * mean_c.unsqueeze(1)) / (n - 1)
+        cov += self.config.epsilon * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        self.mean = (mean_c + shift.squeeze(1).double()).float()
+        self.precision = torch.linalg.inv(cov).float()
+        return self
+
+    @torch.no_grad()
+    def distance_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance on the feature grid, (B, h, w)."""
+        if not self.is_fitted:
+            raise RuntimeError("call fit() before predict()")
+        e = self.embed(x)
+        b, d, h, w = e.shape
+        if (h, w) != tuple(self.grid):
+            raise ValueError(f"input gives a {h}x{w} feature grid but the model was fitted on {self.grid}")
+        delta = e.permute(2, 3, 0, 1).reshape(h * w, b, d) - self.mean.unsqueeze(1)  # (P, B, d)
+        m = torch.bmm(delta, self.precision)  # (P, B, d)
+        dist2 = (m * delta).sum(-1).clamp_min_(0)  # (P, B)
+        return dist2.sqrt().T.reshape(b, h, w)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores (B,) and smoothed anomaly maps (B, H, W) at the input size."""
+        maps = upsample(self.distance_grid(x), tuple(x.shape[-2:]), align_corners=False)
+        maps = gaussian_blur(maps, self.config.sigma)
+        return maps.flatten(1).amax(dim=1), maps
