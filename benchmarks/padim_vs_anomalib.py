@@ -58,9 +58,8 @@ ANOMALIB_KEYS = {  # our name -> anomalib Evaluator name
 # ----------------------------------------------------------------------------- helpers
 def rel(p: Path | str) -> str:
     """A path for reports: relative to the repository (never an absolute machine path)."""
-    p = Path(p)
     try:
-        return os.path.relpath(p.resolve(), REPO)
+        return os.path.relpath(os.path.abspath(p), REPO)
     except ValueError:  # other drive (Windows)
         return p.name
 
@@ -108,6 +107,7 @@ def mem_total_gb() -> float | None:
 def run_child(cmd: list[str], env: dict, log: Path, cwd: Path) -> dict:
     """Run one child process; its own wall time and peak RSS (os.wait4)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     with open(log, "w") as f:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd)
@@ -118,8 +118,10 @@ def run_child(cmd: list[str], env: dict, log: Path, cwd: Path) -> dict:
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n--- log tail ---\n{tail}")
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"wall_seconds": wall, "peak_rss_mb": rss_kb / 1024.0, "user_seconds": ru.ru_utime,
-            "sys_seconds": ru.ru_stime}
+            "sys_seconds": ru.ru_stime, "cpu_seconds": ru.ru_utime + ru.ru_stime,
+            "loadavg1_before": load_before, "loadavg1_after": load_after}
 
 
 def child_env(threads: int, with_src: bool) -> dict:
@@ -275,7 +277,7 @@ def run_category(args, root: Path, category: str, layout: str, weights: Path, id
     def cmd_text(cmd):
         if cmd is None:
             return None
-        shown = [rel(c) if (os.sep in c and Path(c).exists()) else c for c in cmd]
+        shown = [rel(c) if os.path.isabs(c) else c for c in cmd]
         if cmd is t_cmd_shown:
             return "PYTHONPATH=src OMP_NUM_THREADS=%d %s" % (args.threads, shlex.join(shown))
         return "OMP_NUM_THREADS=%d %s" % (args.threads, shlex.join(shown))
@@ -320,6 +322,7 @@ def run_category(args, root: Path, category: str, layout: str, weights: Path, id
 
     timing = {"anomalib": {
         "wall_seconds": tim("anomalib", lambda r: r["process"]["wall_seconds"]),
+        "cpu_seconds": tim("anomalib", lambda r: r["process"]["cpu_seconds"]),
         "peak_rss_mb": tim("anomalib", lambda r: r["process"]["peak_rss_mb"]),
         "import_seconds": tim("anomalib", lambda r: r["result"]["timings"]["import_seconds"]),
         "fit_seconds": tim("anomalib", lambda r: r["result"]["timings"]["fit_seconds"]),
@@ -333,12 +336,14 @@ def run_category(args, root: Path, category: str, layout: str, weights: Path, id
     if do_tabad:
         timing["tabad"] = {
             "wall_seconds": tim("tabad", lambda r: r["process"]["wall_seconds"]),
+            "cpu_seconds": tim("tabad", lambda r: r["process"]["cpu_seconds"]),
             "peak_rss_mb": tim("tabad", lambda r: r["process"]["peak_rss_mb"]),
             "fit_seconds": tim("tabad", lambda r: r["result"].get("fit_seconds")),
             "predict_ms_per_image": tim("tabad", lambda r: r["result"].get("predict_ms_per_image")),
             "repeats": len(entry["runs"]["tabad"]),
         }
         timing["wall_ratio_tabad_over_anomalib"] = timing["tabad"]["wall_seconds"] / timing["anomalib"]["wall_seconds"]
+        timing["cpu_ratio_tabad_over_anomalib"] = timing["tabad"]["cpu_seconds"] / timing["anomalib"]["cpu_seconds"]
         timing["speed_ok"] = timing["wall_ratio_tabad_over_anomalib"] <= SPEED_TARGET
     entry["timing"] = timing
     return entry
@@ -395,10 +400,11 @@ def write_markdown(report: dict, path: Path) -> None:
     L.append("## Speed and memory (whole process, incl. imports and data loading)")
     L.append("")
     if has_tabad:
-        L.append("| category | n train / test | tabad wall s | anomalib wall s | ratio tabad/anomalib | tabad fit s | "
+        L.append("| category | n train / test | tabad wall s | anomalib wall s | ratio tabad/anomalib | "
+                 "CPU s (user+sys) tabad / anomalib (ratio) | tabad fit s | "
                  "anomalib fit s (Gaussian / +val pass) | tabad predict ms/img | anomalib test ms/img (model fwd) | "
                  "tabad peak RSS MB | anomalib peak RSS MB |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     else:
         L.append("| category | n train / test | anomalib wall s | anomalib import s | anomalib fit s (Gaussian / +val pass) "
                  "| anomalib test ms/img (model fwd) | anomalib peak RSS MB |")
@@ -412,13 +418,24 @@ def write_markdown(report: dict, path: Path) -> None:
             tt = e["timing"]["tabad"]
             ratio = e["timing"]["wall_ratio_tabad_over_anomalib"]
             L.append(f"| {e['category']} | {n} | {fmt(tt['wall_seconds'], 1)} | {fmt(ta['wall_seconds'], 1)} | "
-                     f"{fmt(ratio, 2)}{'' if ratio <= SPEED_TARGET else ' ✗'} | {fmt(tt['fit_seconds'], 2)} | {afit} | "
+                     f"{fmt(ratio, 2)}{'' if ratio <= SPEED_TARGET else ' ✗'} | {fmt(tt['cpu_seconds'], 1)} / "
+                     f"{fmt(ta['cpu_seconds'], 1)} ({fmt(e['timing']['cpu_ratio_tabad_over_anomalib'], 2)}) | "
+                     f"{fmt(tt['fit_seconds'], 2)} | {afit} | "
                      f"{fmt(tt['predict_ms_per_image'], 0)} | {apred} | {fmt(tt['peak_rss_mb'], 0)} | "
                      f"{fmt(ta['peak_rss_mb'], 0)} |")
         else:
             L.append(f"| {e['category']} | {n} | {fmt(ta['wall_seconds'], 1)} | {fmt(ta['import_seconds'], 1)} | "
                      f"{afit} | {apred} | {fmt(ta['peak_rss_mb'], 0)} |")
     L.append("")
+    loads = [r["process"].get("loadavg1_before") for e in report["categories"] for runs in e["runs"].values()
+             for r in runs] + [r["process"].get("loadavg1_after") for e in report["categories"]
+                               for runs in e["runs"].values() for r in runs]
+    loads = [x for x in loads if x is not None]
+    if loads:
+        L.append(f"1-minute load average of the machine around the runs: {min(loads):.1f}–{max(loads):.1f} on "
+                 f"{prov['machine']['nproc']} CPUs (above the CPU count, other processes were competing and wall "
+                 f"times are inflated; CPU time, user+sys of the child, is less sensitive to that).")
+        L.append("")
     L.append("anomalib's *fit* is `Engine.fit`: feature extraction of the training set, the per-position Gaussian "
              "(`fit_gaussian`) and, because `val_split_mode=same_as_test`, a validation pass over the test set that "
              "learns its thresholds and min-max statistics (`+val pass`, which includes the Gaussian fit: the "
@@ -565,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     if do_tabad:
         env = entries[0]["runs"]["tabad"][0]["provenance"].get("environment", {})
         tabad_stack = {k: env.get(k) for k in ("tabad_version", "git_commit", "python", "torch", "torchvision", "numpy")}
-    shown_argv = [rel(a) if (os.sep in a and Path(a).exists()) else a for a in (argv if argv is not None else sys.argv[1:])]
+    shown_argv = [rel(a) if os.path.isabs(a) else a for a in (argv if argv is not None else sys.argv[1:])]
     report = {
         "benchmark": "padim_vs_anomalib",
         "targets": {"parity_abs_diff_max": PARITY_TOL, "wall_ratio_max": SPEED_TARGET},

@@ -335,20 +335,22 @@ def _surface_defect(kind: str, img: Image, drng: np.random.Generator, k: float,
     if kind in ("scratch", "cut"):
         # Thin, gently curved polyline. Scratches catch the light (bright) on
         # metal and expose lighter fibres on wood; cuts in cloth are dark.
-        length = drng.uniform(28.0, 55.0) * z * s
+        length = drng.uniform(35.0, 65.0) * z * s
         p0 = _pick_point(drng, size, region, 0.25 * length)
         ang = drng.uniform(0.0, 2 * math.pi)
         pts = _walk(drng, p0, ang, length, max(length / 5.0, 1.0), 0.12, 0.0)
         pts -= pts.mean(0) - p0
-        alpha = _polyline_alpha(size, [pts], 1.0 * s if size > 256 else 1.0)
+        # a cut opens the weave (2 px), a scratch is a hairline (1 px)
+        width = 2.0 if kind == "cut" else 1.0
+        alpha = _polyline_alpha(size, [pts], width * max(1.0, s))
         bright = style.get("scratch", "bright") == "bright" and kind == "scratch"
-        strength = drng.uniform(0.35, 0.5) * k
+        strength = drng.uniform(0.5, 0.7) * k
         target = np.float32(0.97) if bright else img * np.float32(0.3)
         a = np.clip(alpha * strength, 0.0, 1.0)
     elif kind == "crack":
         # Main jagged line and one or two branches; dark because the gap is
         # in shadow.
-        length = drng.uniform(30.0, 60.0) * z * s
+        length = drng.uniform(40.0, 70.0) * z * s
         p0 = _pick_point(drng, size, region, 0.3 * length)
         ang = drng.uniform(0.0, 2 * math.pi)
         step = 2.5 * s
@@ -359,8 +361,8 @@ def _surface_defect(kind: str, img: Image, drng: np.random.Generator, k: float,
             j = int(drng.integers(len(main) // 4, max(len(main) // 4 + 1, 3 * len(main) // 4)))
             bang = ang + drng.choice([-1.0, 1.0]) * drng.uniform(0.5, 1.1)
             lines.append(_walk(drng, main[j], bang, length * drng.uniform(0.25, 0.45), step, 0.45, 0.25))
-        alpha = _polyline_alpha(size, lines, 1.0 * s if size > 256 else 1.0)
-        strength = drng.uniform(0.45, 0.65) * k
+        alpha = _polyline_alpha(size, lines, max(1.0, s))
+        strength = drng.uniform(0.6, 0.8) * k
         target = img * np.float32(0.2)
         a = np.clip(alpha * strength, 0.0, 1.0)
     elif kind == "hole":
@@ -383,15 +385,17 @@ def _surface_defect(kind: str, img: Image, drng: np.random.Generator, k: float,
         img = np.clip(img + shade[..., None], 0.0, 1.0)  # rim shading, then the opening
     elif kind == "stain":
         # Soft-edged irregular blob of discoloration, low contrast.
-        r = drng.uniform(8.0, 16.0) * z * s
+        r = drng.uniform(10.0, 18.0) * z * s
         p0 = _pick_point(drng, size, region, 0.8 * r)
         n_cells = max(4, int(256.0 / max(r / s, 1.0) * 1.5))
         wob = _noise(drng, size, n_cells)
         rho = np.hypot(X - p0[0], Y - p0[1]) / r + 0.25 * wob
         alpha = _smoothstep(1.0, 0.35, rho)
-        tint = np.asarray(style.get("stain", (0.8, 0.68, 0.5)), np.float32)
-        strength = drng.uniform(0.3, 0.45) * k
-        target = img * tint
+        if "stain_colour" in style:  # opaque-ish residue of its own colour
+            target = np.asarray(style["stain_colour"], np.float32)
+        else:  # translucent: tints what is underneath
+            target = img * np.asarray(style.get("stain", (0.8, 0.68, 0.5)), np.float32)
+        strength = drng.uniform(0.4, 0.55) * k
         a = np.clip(alpha * strength, 0.0, 1.0)
     else:  # pragma: no cover - guarded by DEFECTS
         raise ValueError(f"unknown surface defect {kind!r}")
@@ -533,7 +537,7 @@ def _obj_bolt(rng, drng, defect, size, k):
         return normal, None
     if defect == "bend":
         x0 = drng.uniform(-5.0, 35.0)
-        defl = drng.uniform(2.5, 4.5) * k * drng.choice([-1.0, 1.0])
+        defl = drng.uniform(4.0, 7.0) * k * drng.choice([-1.0, 1.0])
         return normal, draw(bend_x0=x0, bend_k=defl / (90.0 - x0) ** 2)[0]
     if defect == "missing_part":
         cx = drng.uniform(-5.0, 65.0)
@@ -643,7 +647,7 @@ def _obj_gear(rng, drng, defect, size, k):
         a = drng.uniform(0.0, 2 * math.pi)
         rr = drng.uniform(78.0, 90.0)
         centre = f.to_px(np.array([[rr * math.cos(a), rr * math.sin(a)]]))[0]
-        amp = drng.uniform(3.0, 5.0) * k * drng.choice([-1.0, 1.0]) * f.scale
+        amp = drng.uniform(4.0, 7.0) * k * drng.choice([-1.0, 1.0]) * f.scale
         dirx, diry = math.cos(a + f.ang), math.sin(a + f.ang)
         sig = drng.uniform(10.0, 14.0) * f.scale
         return normal, draw(bump=(centre[0], centre[1], amp * dirx, amp * diry, sig))[0]
@@ -760,12 +764,12 @@ def _obj_pcb(rng, drng, defect, size, k):
         changed = list(parts)
         i = int(drng.integers(len(changed)))
         kd, x, y, hw, hh, a = changed[i]
-        dist = drng.uniform(2.5, 4.5) * k
+        dist = drng.uniform(4.0, 7.0) * k
         ang = drng.uniform(0.0, 2 * math.pi)
-        rot = drng.uniform(4.0, 10.0) * k * drng.choice([-1.0, 1.0]) if kd != "cap" else 0.0
+        rot = drng.uniform(8.0, 15.0) * k * drng.choice([-1.0, 1.0]) if kd != "cap" else 0.0
         changed[i] = (kd, x + dist * math.cos(ang), y + dist * math.sin(ang), hw, hh, a + rot)
         return normal, draw(changed)[0]
-    style = {"scratch": "bright", "stain": (0.95, 0.85, 0.45)}
+    style = {"scratch": "bright", "stain_colour": (0.55, 0.5, 0.22)}
     if defect == "scratch":
         # exposed copper under the solder mask
         return normal, _surface_defect(defect, normal, drng, k, board, style)
@@ -782,7 +786,7 @@ _TEXTURE_STYLE: dict[str, dict] = {
     "fabric": {"hole": (0.05, 0.05, 0.06), "stain": (0.75, 0.72, 0.55)},
     "wood": {"scratch": "bright", "stain": (0.7, 0.66, 0.6)},
     "metal_plate": {"scratch": "bright", "hole": (0.08, 0.08, 0.09), "stain": (0.8, 0.72, 0.55)},
-    "stone_tile": {"hole": (0.3, 0.28, 0.26), "stain": (0.72, 0.66, 0.55)},
+    "stone_tile": {"hole": (0.16, 0.15, 0.14), "stain": (0.72, 0.66, 0.55)},
 }
 _OBJECT_FN: dict[str, Callable] = {
     "bolt": _obj_bolt,
