@@ -106,12 +106,6 @@ def test_state_dict_sha256_sees_names_shapes_and_values():
     assert state_dict_sha256({"w": torch.zeros(2, 3, dtype=torch.float64), "b": torch.ones(3)}) != base
 
 
-@pytest.mark.xfail(
-    reason="BUG: load_weights() builds a throw-away model with _new_model(arch) before the random branch "
-    "(src/tabad/backbones.py:160, `model = _new_model(arch)`), outside fork_rng, so building random "
-    "weights advances the global torch RNG despite the 'other code's random streams stay untouched' comment",
-    strict=True,
-)
 def test_building_random_weights_leaves_global_torch_rng_untouched():
     torch.manual_seed(5)
     state = torch.get_rng_state()

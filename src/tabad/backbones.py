@@ -157,7 +157,6 @@ def load_weights(arch: str, source: str, seed: int = 0, allow_download: bool = F
     """Build a torchvision ``arch`` and fill it from ``source`` (module docstring)."""
     import torch
 
-    model = _new_model(arch)
     label = weights_label(source)
     if source == "random" or source.startswith("random:"):
         if source.startswith("random:"):
@@ -172,6 +171,7 @@ def load_weights(arch: str, source: str, seed: int = 0, allow_download: bool = F
         info = WeightsInfo(label, source, arch, state_dict_sha256(model.state_dict()), None,
                            f"torchvision default initialisation, torch.manual_seed({seed})")
     elif source == "imagenet":
+        model = _new_model(arch)
         path, url = imagenet_weights_file(arch)
         if not path.is_file():
             if not allow_download:
@@ -188,6 +188,7 @@ def load_weights(arch: str, source: str, seed: int = 0, allow_download: bool = F
 
         info = WeightsInfo(label, source, arch, sha256_file(path), str(path), "torchvision IMAGENET1K_V1")
     else:
+        model = _new_model(arch)
         path = Path(source).expanduser()
         state = _read_state_dict(path)
         _strict_load(model, state, str(path), arch)

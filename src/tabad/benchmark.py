@@ -57,7 +57,8 @@ def _pair_name(category: str, method: str, weights_label: str) -> str:
     return f"{category}__{method}__{weights_label}"
 
 
-def _pair_key(cfg: BenchmarkConfig, category: str, method: str, weights_sha: str, n_train: int, n_test: int) -> str:
+def _pair_key(cfg: BenchmarkConfig, category: str, method: str, weights_sha: str, n_train: int, n_test: int,
+              panel_idx: list[int]) -> str:
     """Everything that changes a pair's numbers; a stored pair is reused only if this matches."""
     import tabad
 
@@ -65,7 +66,7 @@ def _pair_key(cfg: BenchmarkConfig, category: str, method: str, weights_sha: str
         "data": str(Path(cfg.data).resolve()), "category": category, "method": method,
         "options": cfg.method_options.get(method, {}), "weights_sha256": weights_sha, "backbone": cfg.backbone,
         "seed": cfg.seed, "resize": cfg.resize, "crop": cfg.crop, "layout": cfg.layout, "n_train": n_train,
-        "n_test": n_test, "version": tabad.__version__,
+        "n_test": n_test, "panels": panel_idx, "version": tabad.__version__,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -147,7 +148,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
             panel_maps, panel_titles, panel_ranges = [], [], []
             for source, bb in backbones.items():
                 name = _pair_name(category, method, bb.info.label)
-                key = _pair_key(cfg, category, method, bb.info.sha256, len(data.train), len(data.test))
+                key = _pair_key(cfg, category, method, bb.info.sha256, len(data.train), len(data.test), panel_idx)
                 pair_json, pair_npz = pairs_dir / f"{name}.json", pairs_dir / f"{name}.panel.npz"
                 stored = _load_pair(pair_json, pair_npz, key) if cfg.resume else None
                 if stored is not None:

@@ -24,3 +24,7 @@ class DataError(TabadError):
 
 class WeightsError(TabadError):
     """Backbone weights cannot be found or do not fit the architecture."""
+
+
+class ConfigError(TabadError, ValueError):
+    """A method or run option has an invalid value."""

@@ -196,9 +196,9 @@ def test_predict_before_fit_raises(backbone, data):
 
 
 def test_fit_needs_two_images(backbone, data):
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(TabadError, match="at least 2"):
         create_method("padim", backbone, {"n_features": 10}).fit([data[0][:1]])
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(TabadError, match="at least 2"):
         create_method("padim", backbone, {"n_features": 10}).fit([])
 
 

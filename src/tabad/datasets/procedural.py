@@ -344,7 +344,7 @@ def _surface_defect(kind: str, img: Image, drng: np.random.Generator, k: float,
         width = 2.0 if kind == "cut" else 1.0
         alpha = _polyline_alpha(size, [pts], width * max(1.0, s))
         bright = style.get("scratch", "bright") == "bright" and kind == "scratch"
-        strength = drng.uniform(0.5, 0.7) * k
+        strength = drng.uniform(0.45, 0.62) * k
         target = np.float32(0.97) if bright else img * np.float32(0.3)
         a = np.clip(alpha * strength, 0.0, 1.0)
     elif kind == "crack":
@@ -362,7 +362,7 @@ def _surface_defect(kind: str, img: Image, drng: np.random.Generator, k: float,
             bang = ang + drng.choice([-1.0, 1.0]) * drng.uniform(0.5, 1.1)
             lines.append(_walk(drng, main[j], bang, length * drng.uniform(0.25, 0.45), step, 0.45, 0.25))
         alpha = _polyline_alpha(size, lines, max(1.0, s))
-        strength = drng.uniform(0.6, 0.8) * k
+        strength = drng.uniform(0.5, 0.7) * k
         target = img * np.float32(0.2)
         a = np.clip(alpha * strength, 0.0, 1.0)
     elif kind == "hole":
@@ -395,7 +395,7 @@ def _surface_defect(kind: str, img: Image, drng: np.random.Generator, k: float,
             target = np.asarray(style["stain_colour"], np.float32)
         else:  # translucent: tints what is underneath
             target = img * np.asarray(style.get("stain", (0.8, 0.68, 0.5)), np.float32)
-        strength = drng.uniform(0.4, 0.55) * k
+        strength = drng.uniform(0.45, 0.6) * k
         a = np.clip(alpha * strength, 0.0, 1.0)
     else:  # pragma: no cover - guarded by DEFECTS
         raise ValueError(f"unknown surface defect {kind!r}")
@@ -537,7 +537,7 @@ def _obj_bolt(rng, drng, defect, size, k):
         return normal, None
     if defect == "bend":
         x0 = drng.uniform(-5.0, 35.0)
-        defl = drng.uniform(4.0, 7.0) * k * drng.choice([-1.0, 1.0])
+        defl = drng.uniform(5.0, 8.0) * k * drng.choice([-1.0, 1.0])
         return normal, draw(bend_x0=x0, bend_k=defl / (90.0 - x0) ** 2)[0]
     if defect == "missing_part":
         cx = drng.uniform(-5.0, 65.0)
@@ -832,25 +832,40 @@ def render_sample(category: str, seed_seq: np.random.SeedSequence, defect: str |
     if not difficulty > 0:
         raise ValueError(f"difficulty must be > 0, got {difficulty}")
     k = 1.0 / float(difficulty)
-    base_ss, defect_ss, light_ss, noise_ss = seed_seq.spawn(4)
-    rng = np.random.default_rng(base_ss)
-    drng = np.random.default_rng(defect_ss)
-    if CATEGORIES[category] == "texture":
-        normal = _TEXTURE_FN[category](rng, size)
-        bad = None if defect is None else _surface_defect(defect, normal, drng, k, None,
-                                                          _TEXTURE_STYLE[category])
-    else:
-        normal, bad = _OBJECT_FN[category](rng, drng, defect, size, k)
+    # Children built explicitly rather than with seed_seq.spawn(), which
+    # mutates seed_seq: rendering must not depend on earlier calls.
+    base_ss, defect_ss, light_ss, noise_ss = (
+        np.random.SeedSequence(seed_seq.entropy, spawn_key=tuple(seed_seq.spawn_key) + (i,),
+                               pool_size=seed_seq.pool_size)
+        for i in range(4))
     gain, offset = _lighting(np.random.default_rng(light_ss), size)
-    normal = np.clip(normal * gain + offset, _LO, _HI).astype(np.float32)
-    mask = None
-    if bad is not None:
+    # A very high difficulty can make a defect fade below the change
+    # threshold; draw it again (deterministically) rather than writing an
+    # anomalous image with an empty mask.
+    for attempt in range(8):
+        rng = np.random.default_rng(base_ss)
+        drng = np.random.default_rng(defect_ss if attempt == 0 else [*defect_ss.generate_state(4), attempt])
+        if CATEGORIES[category] == "texture":
+            normal = _TEXTURE_FN[category](rng, size)
+            bad = None if defect is None else _surface_defect(defect, normal, drng, k, None,
+                                                              _TEXTURE_STYLE[category])
+        else:
+            normal, bad = _OBJECT_FN[category](rng, drng, defect, size, k)
+        normal = np.clip(normal * gain + offset, _LO, _HI).astype(np.float32)
+        mask = None
+        if bad is None:
+            break
         bad = np.clip(bad * gain + offset, _LO, _HI).astype(np.float32)
         changed = np.abs(bad - normal).max(axis=2) >= _CHANGE_EPS
-        # pixels whose change is below the threshold keep their normal value,
-        # so the mask is exactly the changed set
-        normal = np.where(changed[..., None], bad, normal)
-        mask = changed.astype(np.uint8) * 255
+        if changed.any():
+            # pixels whose change is below the threshold keep their normal
+            # value, so the mask is exactly the changed set
+            normal = np.where(changed[..., None], bad, normal)
+            mask = changed.astype(np.uint8) * 255
+            break
+    else:
+        raise ValueError(f"{category}/{defect}: the defect stays invisible at difficulty={difficulty}; "
+                         "use a lower difficulty")
     nrng = np.random.default_rng(noise_ss)
     sigma = nrng.uniform(0.006, 0.012)
     noisy = normal + nrng.standard_normal(normal.shape, dtype=np.float32) * np.float32(sigma)
@@ -1020,7 +1035,12 @@ def make_dataset(
         except (OSError, ValueError) as e:
             raise DataError(meta_path, f"cannot read existing dataset description: {e}") from e
         if existing == params:
-            return _summary(out, params, True, time.perf_counter() - t0)
+            missing = [c for c in cats if not (out / c).is_dir()]
+            if not missing:
+                return _summary(out, params, True, time.perf_counter() - t0)
+            if not overwrite:
+                raise DataError(out, f"dataset is incomplete (missing {', '.join(missing)}); "
+                                     "pass overwrite=True to generate it again")
         if not overwrite:
             diff = sorted(k for k in set(params) | set(existing or {})
                           if (existing or {}).get(k) != params.get(k))

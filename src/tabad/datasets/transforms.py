@@ -76,7 +76,7 @@ def normalize(images_uint8, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """uint8 tensor (B, 3, H, W) -> float32 tensor normalised per channel."""
     import torch
 
-    x = images_uint8.float().div_(255.0)
+    x = images_uint8.float() / 255.0  # never in place: a float input must stay untouched
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tabad.backbones import Backbone
+from tabad.errors import ConfigError, TabadError
 from tabad.methods.common import gaussian_blur, upsample
 
 #: Reference channel-subset sizes per architecture (methods.md §1).
@@ -63,7 +64,7 @@ def select_channels(total: int, n_features: int | str | None, arch: str, seed: i
         return list(range(total))
     d = DEFAULT_N_FEATURES.get(arch, total) if n_features is None else int(n_features)
     if not 0 < d <= total:
-        raise ValueError(f"n_features={d} must be in 1..{total} (or 'all')")
+        raise ConfigError(f"n_features={d} must be in 1..{total} (or 'all')")
     return random.Random(seed).sample(range(total), d)
 
 
@@ -117,7 +118,7 @@ class Padim(nn.Module):
             s2 += torch.bmm(c.transpose(1, 2), c).double()
             n += b
         if n < 2:
-            raise ValueError(f"PaDiM needs at least 2 training images, got {n}")
+            raise TabadError(f"PaDiM needs at least 2 training images, got {n}")
         mean_c = s1 / n
         cov = (s2 - n * mean_c.unsqueeze(2) * mean_c.unsqueeze(1)) / (n - 1)
         cov += self.config.epsilon * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)

@@ -56,6 +56,9 @@ class TABModel(nn.Module):
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.backbone = backbone
+        # The ImageNet classifier is not part of the feature path; it is kept
+        # (frozen) only so the checkpoint loads strictly into torchvision.
+        backbone.fc.requires_grad_(False)
         self.loss_kind = loss
         in_dim = backbone.fc.in_features
         if loss == "classification":

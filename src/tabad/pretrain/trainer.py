@@ -264,7 +264,7 @@ class Trainer:
             bar.close()
             seconds = time.perf_counter() - t0
             row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": opt.param_groups[0]["lr"],
-                   **{k: v / max(n_img, 1) for k, v in sums.items()}, "scale": float(model.scale),
+                   **{k: v / max(n_img, 1) for k, v in sums.items()}, "scale": model.scale.item(),
                    "images_per_s": n_img * (1 if generator is None else 2) * self.world / seconds,
                    "samples_per_s": n_img * self.world / seconds, "seconds": seconds}
             history.append(row)

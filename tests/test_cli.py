@@ -1,0 +1,190 @@
+"""The ``tabad`` command: fast help, argument handling, errors without tracebacks, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tabad
+from tabad.cli import _parse_sets, build_parser, main
+
+_BACKBONES: dict = {}
+
+
+@pytest.fixture
+def cached_backbones(monkeypatch):
+    """build_backbone once per (arch, source, seed) for this module: the backbone is frozen."""
+    from tabad.backbones import build_backbone as real
+
+    def cached(arch, source, seed=0, allow_download=False):
+        key = (arch, source, seed)
+        if key not in _BACKBONES:
+            _BACKBONES[key] = real(arch, source, seed=seed, allow_download=allow_download)
+        return _BACKBONES[key]
+
+    monkeypatch.setattr("tabad.backbones.build_backbone", cached)
+
+
+def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- help, without torch
+
+
+def test_importing_tabad_and_cli_does_not_import_torch():
+    proc = _python("import tabad, tabad.cli, sys; tabad.cli.build_parser(); "
+                   "heavy = [m for m in ('torch', 'torchvision', 'cv2', 'matplotlib', 'scipy') if m in sys.modules]; "
+                   "assert not heavy, heavy")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["benchmark", "--help"], ["make-data", "--help"], ["--version"]])
+def test_help_does_not_import_torch(argv):
+    code = (
+        "import sys\nfrom tabad.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_tabad_help_subprocess_is_fast():
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tabad", "--help"], capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert "benchmark" in proc.stdout and "make-data" in proc.stdout and "weights sources" in proc.stdout
+    assert elapsed < 10  # no torch import (~3 s alone); generous for a loaded machine
+    script = Path(sys.executable).parent / "tabad"
+    if script.exists():  # the installed console script
+        proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip() == f"tabad {tabad.__version__}"
+
+
+def test_benchmark_help_mentions_layouts(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for needle in ("mvtec", "mvtec3d", "mvtec-stem", "<stem>_mask.png", "--no-resume", "--set", "--weights"):
+        assert needle in text, needle
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "usage: tabad" in capsys.readouterr().out
+
+
+def test_parser_defaults():
+    args = build_parser().parse_args(["benchmark", "--data", "d", "--out", "o", "--weights", "random, imagenet,x.pt"])
+    assert args.weights == ["random", "imagenet", "x.pt"]
+    assert args.method == ["padim"] and args.resize == 256 and args.crop == 224 and args.layout == "auto"
+    assert args.categories is None and args.panels == 4 and not args.no_resume
+
+
+# --------------------------------------------------------------------------- --set / --config
+
+
+def test_parse_sets_values():
+    sets = _parse_sets(["padim.n_features=all", "padim.sigma=2.5", "padim.batch_size=8",
+                        "padim.layers=[layer1, layer2]", "other.name=a=b"])
+    assert sets == {
+        "padim": {"n_features": "all", "sigma": 2.5, "batch_size": 8, "layers": ("layer1", "layer2")},
+        "other": {"name": "a=b"},
+    }
+    assert _parse_sets(None) == {}
+
+
+@pytest.mark.parametrize("item", ["padim", "padim.n_features", "n_features=20", "=3"])
+def test_set_with_bad_syntax_fails_clearly(item, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--set", item])
+    message = str(exc.value.code)
+    assert message.startswith("error:") and "METHOD.KEY=VALUE" in message and repr(item) in message
+
+
+def test_config_file_that_is_not_a_mapping(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("- 1\n- 2\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(cfg)])
+    assert str(cfg) in str(exc.value.code)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_data_is_exit_2_with_path(tmp_path, capsys):
+    missing = tmp_path / "no_such_dataset"
+    rc = main(["benchmark", "--data", str(missing), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(missing) in err
+    assert "Traceback" not in err
+
+
+def test_unknown_method_option_is_exit_2(tiny_mvtec, tmp_path, capsys, cached_backbones):
+    rc = main(["benchmark", "--data", str(tiny_mvtec), "--out", str(tmp_path / "out"), "--categories", "obj",
+               "--resize", "40", "--crop", "32", "--panels", "0", "--weights", "random", "--set", "padim.nope=1"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "nope" in err
+
+
+def test_bad_method_option_value_is_exit_2(tiny_mvtec, tmp_path, capsys, cached_backbones):
+    rc = main(["benchmark", "--data", str(tiny_mvtec), "--out", str(tmp_path / "out"), "--categories", "obj",
+               "--resize", "40", "--crop", "32", "--panels", "0", "--weights", "random",
+               "--set", "padim.n_features=0"])
+    assert rc == 2
+    assert "n_features" in capsys.readouterr().err
+
+
+def test_missing_weights_file_is_exit_2(tiny_mvtec, tmp_path, capsys):
+    missing = tmp_path / "tab_r18.pt"
+    rc = main(["benchmark", "--data", str(tiny_mvtec), "--out", str(tmp_path / "out"), "--weights", str(missing)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(missing) in err
+
+
+def test_keyboard_interrupt_is_exit_130(tmp_path, capsys, monkeypatch):
+    def interrupted(cfg, log=print):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tabad.benchmark.run_benchmark", interrupted)
+    rc = main(["benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert rc == 130
+    assert "rerun the same command" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_benchmark_end_to_end(tiny_mvtec, tmp_path, capsys, cached_backbones):
+    out = tmp_path / "out"
+    config = tmp_path / "opts.yaml"
+    config.write_text("padim:\n  n_features: 30\n  sigma: 2.0\n")
+    rc = main(["benchmark", "--data", str(tiny_mvtec), "--out", str(out), "--categories", "obj",
+               "--resize", "64", "--crop", "56", "--weights", "random", "--panels", "1",
+               "--config", str(config), "--set", "padim.n_features=20"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "Image AUROC" in stdout and str(out / "results.md") in stdout
+    report = json.loads((out / "results.json").read_text())
+    (row,) = report["results"]
+    assert row["category"] == "obj" and row["method"] == "padim" and row["weights"] == "random"
+    assert row["config"]["n_features"] == 20  # --set wins over --config
+    assert row["config"]["sigma"] == 2.0  # the rest of --config is kept
+    assert report["provenance"]["methods"] == {"padim": {"n_features": 20, "sigma": 2.0}}
+    assert report["provenance"]["method_configs"]["padim"]["n_features"] == 20
+    assert report["provenance"]["image_size"] == [56, 56]
+    assert (out / "results.csv").is_file() and (out / "results.md").is_file()
+    assert (out / "panels" / "obj__padim.png").is_file()
