@@ -68,7 +68,11 @@ def weights_label(source: str) -> str:
     """A short table/file-name label for a weights source string."""
     if source in ("imagenet",) or source.startswith("random"):
         return source.replace(":", "-")
-    return Path(source).stem
+    path = Path(source)
+    # `tabad pretrain` names every checkpoint backbone.pt: its run folder says which one it is.
+    if path.stem in ("backbone", "model", "checkpoint") and path.parent.name:
+        return path.parent.name
+    return path.stem
 
 
 def state_dict_sha256(state_dict: dict) -> str:

@@ -142,8 +142,9 @@ def cmd_make_data(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="offline end-to-end run: make data, benchmark PaDiM with two weights sources, report",
-        description="Generates the procedural dataset (or reuses it), benchmarks PaDiM with two weights sources "
+        help="offline end-to-end run: make data, TAB pre-training, PaDiM random vs TAB, report",
+        description="Generates the procedural dataset (or reuses it), pre-trains a TAB backbone on it from random "
+                    "init with the offline text encoder, benchmarks PaDiM with random vs TAB weights "
                     "and prints the table. Needs no network and no downloaded weights.",
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="where data and report go (default demo_out)")

@@ -46,6 +46,10 @@ changed after all draws -- a flat image or source, where Poisson blending
 reproduces the destination -- the unchanged image and an empty mask are
 returned; the caller decides what to do with such a sample.
 
+With TAB's width bounds the patches are 5-20 % of the side, so on images
+below about 80 px most clone masks fall under the 50-pixel minimum and NSA
+returns empty masks; use 224 px (as TAB) or widen ``width_bounds``.
+
 If ``others`` is empty the source patch is taken from ``image`` itself
 (the reference's ``same=True``), which gives weaker, self-similar anomalies.
 
