@@ -144,32 +144,37 @@ def _image_stack(arr: np.ndarray, name: str) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _binary_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _descending(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Descending sort order of ``s`` and the last index of each run of equal scores.
+
+    The one expensive step of every threshold-free metric; :func:`evaluate`
+    computes it once for the pixel metrics and shares it.
+    """
+    order = np.argsort(s)[::-1]
+    s_sorted = s[order]
+    last = np.append(np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s_sorted.size - 1)
+    return order, last
+
+
+def _binary_curve(y: np.ndarray, s: np.ndarray, presorted=None) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative (tp, fp) counts at each distinct score, highest score first.
 
     Same points as sklearn's ``_binary_clf_curve``: a sample is predicted
     positive when its score is >= the threshold, and tied samples enter
     together.  Counts are int64, so everything downstream can stay exact.
     """
-    order = np.argsort(s)[::-1]
-    s_sorted = s[order]
-    y_sorted = y[order]
-    del order
-    # Last index of each run of equal scores (in descending order).
-    last = np.flatnonzero(s_sorted[1:] != s_sorted[:-1])
-    last = np.append(last, s_sorted.size - 1)
-    del s_sorted
-    tps = np.cumsum(y_sorted, dtype=np.int64)[last]
+    order, last = presorted if presorted is not None else _descending(s)
+    tps = np.cumsum(y[order], dtype=np.int64)[last]
     fps = (last + 1) - tps
     return tps, fps
 
 
-def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
+def _auroc(y: np.ndarray, s: np.ndarray, presorted=None) -> float | None:
     n_pos = int(np.count_nonzero(y))
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    tps, fps = _binary_curve(y, s)
+    tps, fps = _binary_curve(y, s, presorted)
     # Trapezoidal area under the ROC step curve, which is what sklearn's
     # roc_auc_score integrates.  Doubled so it is an integer: the sum is at
     # most 2*P*N, which fits in int64 for up to ~4e9 samples, so the result
@@ -180,11 +185,11 @@ def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
     return twice_area / (2.0 * n_pos * n_neg)
 
 
-def _f1max(y: np.ndarray, s: np.ndarray) -> float | None:
+def _f1max(y: np.ndarray, s: np.ndarray, presorted=None) -> float | None:
     n_pos = int(np.count_nonzero(y))
     if n_pos == 0:
         return None
-    tps, fps = _binary_curve(y, s)
+    tps, fps = _binary_curve(y, s, presorted)
     # 2PR/(P+R) with P = tp/(tp+fp), R = tp/n_pos simplifies to
     # 2tp/(tp+fp+n_pos); the denominator is never 0 because n_pos > 0, and the
     # 0/0 -> 0 convention (tp = 0) yields 0 by itself.  The extra
@@ -246,7 +251,7 @@ def pixel_f1max(masks: Any, maps: Any) -> float | None:
     return _f1max(m.ravel(), a.ravel())
 
 
-def aupro(masks: Any, maps: Any, fpr_limit: float = 0.3) -> float | None:
+def aupro(masks: Any, maps: Any, fpr_limit: float = 0.3, _presorted=None) -> float | None:
     """Normalised area under the PRO curve, official MVTec AD definition (methods.md §7).
 
     1. Ground-truth regions are the connected components of each image's
@@ -307,11 +312,7 @@ def aupro(masks: Any, maps: Any, fpr_limit: float = 0.3) -> float | None:
     weight = np.zeros(n_regions + 1, dtype=np.float64)
     weight[1:] = 1.0 / (sizes[1:].astype(np.float64) * n_regions)
 
-    scores = a.ravel()
-    order = np.argsort(scores)[::-1]
-    s_sorted = scores[order]
-    last = np.append(np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s_sorted.size - 1)
-    del s_sorted
+    order, last = _presorted if _presorted is not None else _descending(a.ravel())
     r_sorted = region[order]
     del order
 
@@ -374,7 +375,9 @@ def evaluate(
         raise ValueError(
             f"masks/maps hold {m_stack.shape[0]} images but labels hold {n_images}"
         )
-    out["pixel_auroc"] = pixel_auroc(m, a)
-    out["pixel_f1max"] = pixel_f1max(m, a)
-    out["aupro"] = aupro(m, a, fpr_limit=fpr_limit)
+    y, flat = m.ravel(), a.ravel()
+    presorted = _descending(flat)  # one sort of all pixels serves all three pixel metrics
+    out["pixel_auroc"] = _auroc(y, flat, presorted)
+    out["pixel_f1max"] = _f1max(y, flat, presorted)
+    out["aupro"] = aupro(m, a, fpr_limit=fpr_limit, _presorted=presorted)
     return out

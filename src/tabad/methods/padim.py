@@ -77,9 +77,16 @@ class Padim(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config = config
-        total = sum(backbone.channels(config.layers))
-        idx = select_channels(total, config.n_features, backbone.arch, config.channel_seed)
-        self.register_buffer("idx", torch.tensor(idx, dtype=torch.long))
+        widths = backbone.channels(config.layers)
+        idx = select_channels(sum(widths), config.n_features, backbone.arch, config.channel_seed)
+        # The Mahalanobis distance does not depend on the order of the channels, so the
+        # subset is kept sorted and split per layer: each layer gives its own channels
+        # *before* the coarse maps are upsampled, instead of gathering from all 448 after.
+        self.register_buffer("idx", torch.tensor(sorted(idx), dtype=torch.long))
+        offsets = [0]
+        for w in widths:
+            offsets.append(offsets[-1] + w)
+        self._layer_idx = [self.idx[(self.idx >= lo) & (self.idx < hi)] - lo for lo, hi in zip(offsets, offsets[1:])]
         self.register_buffer("mean", torch.empty(0))
         self.register_buffer("precision", torch.empty(0))
         self.grid: tuple[int, int] | None = None
@@ -91,12 +98,14 @@ class Padim(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, d, h, w) selected features at layer1 resolution."""
         feats = self.backbone(x, self.config.layers)
-        first = feats[self.config.layers[0]]
-        size = first.shape[-2:]
-        parts = [first] + [F.interpolate(feats[k], size=size, mode="nearest") for k in self.config.layers[1:]]
-        # Selecting channel by channel avoids materialising all 448 (or 1792) channels twice.
-        emb = torch.cat(parts, dim=1)
-        return emb.index_select(1, self.idx.to(emb.device))
+        size = feats[self.config.layers[0]].shape[-2:]
+        parts = []
+        for name, sel in zip(self.config.layers, self._layer_idx):
+            if sel.numel():
+                f = feats[name].index_select(1, sel.to(x.device))
+                # Nearest upsampling = the reference's replication of coarse cells.
+                parts.append(f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="nearest"))
+        return torch.cat(parts, dim=1)
 
     @torch.no_grad()
     def fit(self, batches: Iterable[torch.Tensor]) -> "Padim":
