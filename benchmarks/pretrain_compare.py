@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-encoder", default="minilm")
-    ap.add_argument("--only", default=None, help="comma-separated subset of: included,excluded,table5,table6,table7,table8")
+    ap.add_argument("--only", default=None, help="comma-separated subset of: included,excluded,table5,table6,table7,table8,joint")
     ap.add_argument("--report", type=Path, default=HERE / "reports" / "pretrain_compare")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
@@ -123,12 +123,14 @@ def main() -> None:
     all_data = [str(proc)] + [str(p) for p in shared_roots]
     t_start = time.perf_counter()
     variants = []
-    if want("included") or want("table5") or want("table7") or want("table8") or want("table6"):
+    if only is None or only & {"included", "table5", "table6", "table7", "table8", "joint"}:
         variants.append(("included", "tab (NSA, idpa)", {}))
     if want("table5"):
         variants.append(("table5", "classification", {"loss": "classification"}))
     if want("table7"):
         variants.append(("table7", "normal text only", {"loss": "normal-only"}))
+    if want("joint"):
+        variants.append(("joint", "joint 2C contrast", {"loss": "joint"}))
     if want("table8"):
         for v in ("one-class", "two-class", "state-ensemble", "clip-template"):
             variants.append(("table8", f"prompts {v}", {"prompts": v}))
