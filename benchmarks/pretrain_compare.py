@@ -122,51 +122,50 @@ def main() -> None:
 
     all_data = [str(proc)] + [str(p) for p in shared_roots]
     t_start = time.perf_counter()
-    variants = []
-    if only is None or only & {"included", "table5", "table6", "table7", "table8", "joint"}:
-        variants.append(("included", "tab (NSA, idpa)", {}))
-    if want("table5"):
-        variants.append(("table5", "classification", {"loss": "classification"}))
-    if want("table7"):
-        variants.append(("table7", "normal text only", {"loss": "normal-only"}))
-    if want("joint"):
-        variants.append(("joint", "joint 2C contrast", {"loss": "joint"}))
-    if want("table8"):
-        for v in ("one-class", "two-class", "state-ensemble", "clip-template"):
-            variants.append(("table8", f"prompts {v}", {"prompts": v}))
-    if want("table6"):
-        for s in ("cutpaste", "perlin", "mask"):
-            variants.append(("table6", f"synthetic {s}", {"synthetic": s}))
-    for setting, variant, overrides in variants:
-        name = variant.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
-        path, side = train(work, name, all_data, args, **overrides)
-        results = evaluate(work, "procedural", proc, [init, path], args)
-        for root in shared_roots:
-            results += evaluate(work, root.name, root, [init, path], args)
-        record(setting, variant, side, results, weights_label(path))
+    synth = synthetic_throughput(proc)
 
-    if want("excluded"):
-        # Cross-dataset: procedural only -> shared data.
-        path, side = train(work, "cross_procedural_only", [str(proc)], args)
+    def write_report(final: bool) -> None:
+        from tabad.provenance import environment
+
+        report = {"provenance": {"environment": environment(), "budget": budget(args), "work": str(work),
+                                 "shared_data": [str(p) for p in shared_roots],
+                                 "seconds": time.perf_counter() - t_start, "complete": final},
+                  "rows": rows, "throughput": throughput, "synthetic_samples_per_s_224px": synth}
+        atomic_write_json(args.report.with_suffix(".json"), report)
+        atomic_write_text(args.report.with_suffix(".md"), to_markdown(report))
+        if final:
+            print(to_markdown(report))
+
+    seen, held = TEXTURES[:2] + OBJECTS[:2], TEXTURES[2:] + OBJECTS[2:]
+    # (setting, variant, pre-training roots, pre-training categories, evaluation, overrides);
+    # evaluation "all" = procedural + shared data, "shared" = shared data only, "held" = held-out half.
+    jobs = [("included", "tab (NSA, idpa)", all_data, None, "all", {}),
+            ("table5", "classification", all_data, None, "all", {"loss": "classification"}),
+            ("excluded", "procedural -> shared data", [str(proc)], None, "shared", {}),
+            ("excluded", f"procedural {'+'.join(seen)} -> {'+'.join(held)}", [str(proc)], seen, "held", {}),
+            ("table7", "normal text only", all_data, None, "all", {"loss": "normal-only"}),
+            ("joint", "joint 2C contrast", all_data, None, "all", {"loss": "joint"})]
+    jobs += [("table8", f"prompts {v}", all_data, None, "all", {"prompts": v})
+             for v in ("one-class", "two-class", "state-ensemble", "clip-template")]
+    jobs += [("table6", f"synthetic {g}", all_data, None, "all", {"synthetic": g}) for g in ("cutpaste", "perlin", "mask")]
+    names = {"procedural -> shared data": "cross_procedural_only", jobs[3][1]: "cross_half"}
+    for setting, variant, roots, cats, scope, overrides in jobs:
+        if not want(setting) and not (setting == "included" and only):
+            continue
+        name = names.get(variant) or variant.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+        path, side = train(work, name, roots, args, categories=cats, **overrides)
         results = []
-        for root in shared_roots:
-            results += evaluate(work, root.name, root, [init, path], args)
-        record("excluded", "procedural -> shared data", side, results, weights_label(path))
-        # Held-out categories: half of the procedural set -> the other half.
-        seen = TEXTURES[:2] + OBJECTS[:2]
-        held = TEXTURES[2:] + OBJECTS[2:]
-        path, side = train(work, "cross_half", [str(proc)], args, categories=seen)
-        results = evaluate(work, "procedural", proc, [init, path], args, categories=held)
-        record("excluded", f"procedural {'+'.join(seen)} -> {'+'.join(held)}", side, results, weights_label(path))
+        if scope == "all":
+            results += evaluate(work, "procedural", proc, [init, path], args)
+        if scope == "held":
+            results += evaluate(work, "procedural", proc, [init, path], args, categories=held)
+        if scope in ("all", "shared"):
+            for root in shared_roots:
+                results += evaluate(work, root.name, root, [init, path], args)
+        record(setting, variant, side, results, weights_label(path))
+        write_report(final=False)
 
-    from tabad.provenance import environment
-
-    report = {"provenance": {"environment": environment(), "budget": budget(args), "work": str(work),
-                             "shared_data": [str(p) for p in shared_roots], "seconds": time.perf_counter() - t_start},
-              "rows": rows, "throughput": throughput, "synthetic_samples_per_s_224px": synthetic_throughput(proc)}
-    atomic_write_json(args.report.with_suffix(".json"), report)
-    atomic_write_text(args.report.with_suffix(".md"), to_markdown(report))
-    print(to_markdown(report))
+    write_report(final=True)
 
 
 def _f(v):
@@ -177,6 +176,7 @@ def to_markdown(report: dict) -> str:
     b = report["provenance"]["budget"]
     env = report["provenance"]["environment"]
     lines = ["# TAB pre-training vs initial weights, PaDiM (ResNet18)", "",
+             "" if report["provenance"].get("complete") else "**Partial report: the run is still going.**", "",
              f"Budget per pre-training run: {b['epochs']} epochs, batch {b['batch_size']}, SGD lr {b['lr']} "
              f"(momentum {b['momentum']}, {b['warmup_steps']} warm-up steps, cosine), {b['resize']}→{b['crop']} px, "
              f"init `{b['init']}`, text encoder `{b['text_encoder']}`, seed {b['seed']}. "

@@ -40,6 +40,20 @@ def _parse_sets(items: list[str] | None) -> dict[str, dict]:
     return out
 
 
+def _parse_options(items: list[str] | None) -> dict:
+    """``KEY=VALUE`` (YAML-parsed value) -> {key: value}."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"error: expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        value = yaml.safe_load(value)
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def _load_config_file(path: str | None) -> dict[str, dict]:
     """A YAML file ``{method: {key: value}}`` of method hyperparameters."""
     if not path:
@@ -196,6 +210,8 @@ an interrupted run continues with --resume (same settings, same final weights).
     p.add_argument("--head", default="mlp", choices=["mlp", "linear"])
     p.add_argument("--synthetic", default="nsa", choices=["nsa", "cutpaste", "cutpaste-scar", "perlin", "mask"],
                    help="synthetic anomaly generator (paper Table 6; default NSA)")
+    p.add_argument("--synthetic-option", action="append", metavar="KEY=VALUE",
+                   help="generator option, e.g. mode=mixed (NSA) or texture_dir=/data/dtd/images (Perlin)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
@@ -229,6 +245,7 @@ def cmd_pretrain(args) -> int:
         data=[str(d) for d in args.data], out=str(args.out), categories=args.categories, layout=args.layout,
         arch=args.backbone, init=args.init, text_encoder=args.text_encoder, text_weights=args.text_weights,
         prompts=args.prompts, class_names=names, loss=args.loss, head=args.head, synthetic=args.synthetic,
+        synthetic_options=_parse_options(args.synthetic_option),
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup_steps, learn_scale=not args.fixed_scale, resize=args.resize, crop=args.crop,
@@ -250,6 +267,8 @@ def _add_synth_preview(sub) -> None:
     p.add_argument("--categories", type=_csv, default=None)
     p.add_argument("--method", default="nsa", choices=["nsa", "cutpaste", "cutpaste-scar", "perlin", "mask"])
     p.add_argument("--n", type=int, default=8, help="number of examples")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="generator option, e.g. mode=mixed or texture_dir=/data/dtd/images (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
     p.set_defaults(func=cmd_synth_preview)
@@ -259,7 +278,7 @@ def cmd_synth_preview(args) -> int:
     from tabad.anomalies.preview import load_normal_images, preview_grid
 
     images = load_normal_images(args.data, categories=args.categories)
-    path = preview_grid(images, args.method, args.out, n=args.n, seed=args.seed)
+    path = preview_grid(images, args.method, args.out, n=args.n, seed=args.seed, **_parse_options(args.option))
     print(f"wrote {path}")
     return 0
 
