@@ -143,10 +143,10 @@ def main() -> None:
             ("table5", "classification", all_data, None, "all", {"loss": "classification"}),
             ("excluded", "procedural -> shared data", [str(proc)], None, "shared", {}),
             ("excluded", f"procedural {'+'.join(seen)} -> {'+'.join(held)}", [str(proc)], seen, "held", {}),
-            ("table7", "normal text only", all_data, None, "all", {"loss": "normal-only"}),
-            ("joint", "joint 2C contrast", all_data, None, "all", {"loss": "joint"})]
+            ("table7", "normal text only", all_data, None, "all", {"loss": "normal-only"})]
     jobs += [("table8", f"prompts {v}", all_data, None, "all", {"prompts": v})
              for v in ("one-class", "two-class", "state-ensemble", "clip-template")]
+    jobs += [("joint", "joint 2C contrast", all_data, None, "all", {"loss": "joint"})]
     jobs += [("table6", f"synthetic {g}", all_data, None, "all", {"synthetic": g}) for g in ("cutpaste", "perlin", "mask")]
     names = {"procedural -> shared data": "cross_procedural_only", jobs[3][1]: "cross_half"}
     for setting, variant, roots, cats, scope, overrides in jobs:

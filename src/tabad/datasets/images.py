@@ -158,7 +158,15 @@ def load_mask(path: str | Path) -> np.ndarray:
     Any image mode is accepted; a pixel is ``True`` when any colour channel
     is nonzero. Raises :class:`~tabad.errors.DataError` like
     :func:`load_image`.
+
+    ``path`` may also be a folder of masks (MVTec LOCO keeps one or more
+    masks per image in ``ground_truth/<defect>/<stem>/``): the answer is then
+    their union, see :func:`tabad.datasets.published.load_mask_folder`.
     """
+    if Path(path).is_dir():
+        from tabad.datasets.published import load_mask_folder
+
+        return load_mask_folder(path)
     image = _open_decoded(path)
     try:
         return as_mask(image)

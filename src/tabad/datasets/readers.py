@@ -1,5 +1,8 @@
 """Listing the samples of one category on disk, for three folder layouts.
 
+(The published layouts btad, ksdd2, visa, loco, dagm and folders are read by
+:mod:`tabad.datasets.published`; the functions here detect and dispatch them.)
+
 ``<cat>`` is a category folder, ``<defect>`` a defect-type folder; the folder
 named ``good`` always holds normal images. Image files are ``.png``, ``.jpg``,
 ``.jpeg``, ``.bmp``, ``.tif`` and ``.tiff`` in any letter case.
@@ -55,7 +58,13 @@ from tabad.datasets.images import IMAGE_EXTENSIONS, is_image_file, load_image, l
 from tabad.datasets.sample import CategoryData, Sample
 from tabad.errors import DataError, TabadError
 
-LAYOUTS = ("mvtec", "mvtec3d", "mvtec-stem")
+#: The MVTec-family layouts read by this module.
+MVTEC_LAYOUTS = ("mvtec", "mvtec3d", "mvtec-stem")
+LAYOUTS = MVTEC_LAYOUTS
+#: Every layout name accepted by the functions below: the MVTec family, then
+#: the published layouts of :mod:`tabad.datasets.published` (btad, ksdd2,
+#: visa, loco, dagm, folders).
+ALL_LAYOUTS = MVTEC_LAYOUTS + ("btad", "ksdd2", "visa", "loco", "dagm", "folders")
 NORMAL = "good"
 
 _EXTS = "|".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -97,8 +106,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _check_layout_name(layout: str) -> None:
-    if layout != "auto" and layout not in LAYOUTS:
-        raise LayoutError(f"unknown dataset layout {layout!r}; expected 'auto' or one of {', '.join(LAYOUTS)}")
+    if layout != "auto" and layout not in ALL_LAYOUTS:
+        raise LayoutError(f"unknown dataset layout {layout!r}; expected 'auto' or one of {', '.join(ALL_LAYOUTS)}")
 
 
 def _train_dir(cat_dir: Path, layout: str, split: str = "train") -> Path:
@@ -143,9 +152,14 @@ def detect_layout(category_dir: str | Path) -> str:
     Raises :class:`~tabad.errors.DataError` when the folder is missing or
     matches none of the layouts.
     """
+    from tabad.datasets import published
+
     cat_dir = Path(category_dir)
     if not cat_dir.is_dir():
         raise DataError(cat_dir, "category folder does not exist" if not cat_dir.exists() else "is not a folder")
+    found = published.detect_before_mvtec(cat_dir)
+    if found is not None:
+        return found
     if (cat_dir / "train" / NORMAL / "rgb").is_dir():
         return "mvtec3d"
     if (cat_dir / "train" / NORMAL).is_dir():
@@ -159,11 +173,15 @@ def detect_layout(category_dir: str | Path) -> str:
         if masks and 2 * suffixed < len(masks):
             return "mvtec-stem"
         return "mvtec"
+    found = published.detect_after_mvtec(cat_dir)
+    if found is not None:
+        return found
+    others = "; ".join(published.SIGNATURES[name] for name in published.PUBLISHED_LAYOUTS)
     raise DataError(
         cat_dir,
         "not a recognised category folder: looked for train/good/rgb/ (layout mvtec3d) and "
         "train/good/ (layouts mvtec, with masks ground_truth/<defect>/<stem>_mask.png, and "
-        "mvtec-stem, with masks ground_truth/<defect>/<stem>.<ext>)",
+        "mvtec-stem, with masks ground_truth/<defect>/<stem>.<ext>); also looked for " + others,
     )
 
 
@@ -181,19 +199,28 @@ def list_categories(root: str | Path, layout: str = "auto") -> list[str]:
     missing or holds no category, and :class:`LayoutError` for an unknown
     layout name.
     """
+    from tabad.datasets import published
+
     _check_layout_name(layout)
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "dataset folder does not exist" if not root.exists() else "is not a folder")
-    if (root / "train").is_dir():
+    names = published.list_published(root, layout)
+    if names is not None:
+        return names
+    if (root / "train").is_dir() or published.is_dagm_class(root):
         return [root.name]
-    names = [d.name for d in _visible_dirs(root) if (d / "train").is_dir()]
+    names = [d.name for d in _visible_dirs(root) if (d / "train").is_dir() or published.is_dagm_class(d)]
+    if not names and layout == "auto" and published.looks_folders(root):
+        names = [root.name] if _image_files(root) else published.class_folders(root)
     if not names:
         found = ", ".join(d.name for d in _visible_dirs(root)[:10]) or "no subfolders"
         raise DataError(
             root,
             f"no category found: looked for {root}/train/ (root is one category) and "
-            f"{root}/<category>/train/ (root holds categories); found: {found}",
+            f"{root}/<category>/train/ (root holds categories); found: {found}; also looked for "
+            f"{root}/split_csv/1cls.csv (layout visa), <category>/Train/ and Test/ (layout dagm) and "
+            f"class folders of images without train/ (layout folders)",
         )
     return names
 
@@ -296,7 +323,9 @@ def read_category(
     folder that contains the category folder.
 
     ``layout`` is ``"auto"`` (see :func:`detect_layout`) or one of
-    :data:`LAYOUTS`; the layouts are described in the module docstring.
+    :data:`ALL_LAYOUTS`; the MVTec family is described in the module
+    docstring, btad, ksdd2, visa, loco, dagm and folders in
+    :mod:`tabad.datasets.published` (which reads them).
 
     With ``check_files`` every image and mask is decoded once (in threads) so
     that unreadable or truncated files and masks whose size differs from
@@ -320,6 +349,13 @@ def read_category(
       ``CategoryData.skipped`` as ``(path, reason)`` and one
       :class:`SkippedFilesWarning` lists them all.
     """
+    from tabad.datasets import published
+
+    _check_layout_name(layout)
+    target = published.resolve(Path(root), category, layout, _category_dir)
+    if target is not None:
+        return published.read(*target, skip_bad=skip_bad, check_files=check_files,
+                              include_validation=include_validation)
     cat_dir, category = _category_dir(root, category)
     layout, hint = _layout_and_hint(cat_dir, layout)
     problems: list[tuple[Path, str]] = []

@@ -22,6 +22,7 @@ from tabad.errors import TabadError
 #: name -> "module:Class" of the method and "module:Class" of its config.
 REGISTRY: dict[str, tuple[str, str]] = {
     "padim": ("tabad.methods.padim:Padim", "tabad.methods.padim:PadimConfig"),
+    "patchcore": ("tabad.methods.patchcore:PatchCore", "tabad.methods.patchcore:PatchCoreConfig"),
 }
 
 

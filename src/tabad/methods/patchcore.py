@@ -1,0 +1,396 @@
+"""PatchCore: a memory bank of nominal patch features, nearest-neighbour distance as the score.
+
+Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022,
+as specified in methods.md §5 (official code: amazon-science/patchcore-inspection;
+cross-checked against anomalib):
+
+* **Locally aware patch features (paper §3.1)** of ``layer2`` and ``layer3``,
+  aggregated over a 3×3 neighbourhood and brought onto the ``layer2`` grid.
+  Two aggregations (``PatchCoreConfig.aggregation``):
+
+  - ``"avgpool"`` (default; anomalib's variant): ``AvgPool2d(3, 1, 1)`` per
+    layer, bilinear upsampling of layer3 to the layer2 grid, concatenation —
+    384-d for ResNet18, 1536-d for WideResNet50-2, with no reduction.
+  - ``"official"``: the official code's 3×3 unfold per layer, bilinear resize
+    of the layer3 patches onto the layer2 grid, per-layer
+    ``adaptive_avg_pool1d`` of the flattened C·9 vector to ``embed_dim`` (1024)
+    and a final pool of the stacked layer vectors to ``embed_dim``.
+
+  The default is ``"avgpool"`` because the official reduction was tuned for
+  WideResNet50: with ResNet18 it maps 1152 / 2304 values to 1024, which barely
+  pools and duplicates entries (methods.md §5), so it costs 2.7× the memory and
+  search time of the 384-d features for no gain in locality.
+* **Coreset-reduced memory bank (paper §3.2, Alg. 1)**: the approximate greedy
+  k-center selection of the official code — a seeded random projection
+  ``Linear(D → 128, bias=False)`` (PyTorch's default init), 10 random start
+  points whose *mean* distance initialises every point's min-distance, then
+  ``int(N·p)`` times: take the argmax, update the min-distances with the
+  distance to the new centre. The chosen indices select full-dimensional rows.
+* **Anomaly detection (paper §3.3)**: per test patch the distance to its
+  nearest bank entry; image score = maximum patch score, optionally reweighted
+  by paper Eq. 7 as anomalib does (``s = (1 − softmax_j ‖m_test* − n_j‖ [m*]) ·
+  s*``, N_b(m*) = the b = 9 nearest bank entries to m*, m* included). The
+  official code does not reweight (``reweight=False``, issues #27/#54). The map
+  is the patch scores bilinearly upsampled to the input (align_corners=False)
+  and blurred with a scipy-equivalent Gaussian, σ = 4.
+
+Implementation notes (no effect on the numbers beyond float rounding):
+
+* Training features are gathered as float32 on the CPU; the coreset runs on
+  the model's device (where ``.to(device)`` put it). No N×N matrix is ever
+  formed: the projection runs in chunks and each greedy step is one
+  (N × 128) matrix-vector product with the new centre. The projected points
+  are stored 128 × N (feature-major), which makes that product about 3× faster
+  on a CPU than the row-major layout.
+* Nearest-neighbour search uses ``faiss.IndexFlatL2`` when faiss is installed
+  and the bank is on the CPU, otherwise chunked ``‖a‖² − 2a·b + ‖b‖²`` blocks
+  of at most ``chunk_size × chunk_size`` distances.
+* In ``"official"`` mode the per-layer pooling over the C·9 vector is applied
+  *before* the bilinear resize of layer3; both are linear and act on different
+  axes (features vs. positions), so they commute, and layer3 is resized at 1024
+  instead of C·9 channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tabad.backbones import LAYERS, Backbone
+from tabad.errors import ConfigError, TabadError
+from tabad.methods.common import gaussian_blur, upsample
+
+AGGREGATIONS = ("avgpool", "official")
+CORESETS = ("greedy", "random", "none")
+DISTANCES = ("euclidean", "squared")
+
+
+@dataclass(frozen=True)
+class PatchCoreConfig:
+    """PatchCore hyperparameters; defaults are the official IM224 run (methods.md §5)
+    adapted to the backbone (see the module docstring for ``aggregation``)."""
+
+    layers: tuple[str, ...] = ("layer2", "layer3")
+    #: neighbourhood size p of the locally aware features (paper §3.1).
+    patch_size: int = 3
+    #: "avgpool" (anomalib, default) or "official" (unfold + adaptive pooling).
+    aggregation: str = "avgpool"
+    #: target dimension of the "official" aggregation (pretrain = target = 1024).
+    embed_dim: int = 1024
+    #: fraction of training patches kept in the memory bank, in (0, 1].
+    coreset_ratio: float = 0.1
+    #: "greedy" (approximate greedy k-center, paper Alg. 1), "random" or "none".
+    coreset: str = "greedy"
+    #: dimension of the random projection used by the greedy coreset.
+    projection_dim: int = 128
+    #: random start points of the approximate greedy coreset.
+    num_starts: int = 10
+    #: b of paper Eq. 7 (|N_b(m*)|, m* included); 1 disables the reweighting.
+    num_neighbors: int = 9
+    #: paper Eq. 7 reweighting of the image score (anomalib); False = official code.
+    reweight: bool = True
+    #: patch score: "euclidean" (anomalib) or "squared" (official, faiss IndexFlatL2).
+    distance: str = "euclidean"
+    #: Gaussian smoothing of the upsampled map.
+    sigma: float = 4.0
+    #: seed of the projection, start points and random coreset.
+    seed: int = 0
+    batch_size: int = 32
+    #: rows per block of the chunked distance computations (blocks ≤ chunk_size²).
+    chunk_size: int = 4096
+
+    def __post_init__(self):
+        def bad(msg: str) -> None:
+            raise ConfigError(f"patchcore: {msg}")
+
+        if not self.layers or any(layer not in LAYERS for layer in self.layers):
+            bad(f"layers={self.layers!r} must be a non-empty subset of {LAYERS}")
+        if not (isinstance(self.patch_size, int) and self.patch_size >= 1 and self.patch_size % 2 == 1):
+            bad(f"patch_size={self.patch_size!r} must be an odd positive integer")
+        if self.aggregation not in AGGREGATIONS:
+            bad(f"aggregation={self.aggregation!r}; choose one of {AGGREGATIONS}")
+        if self.coreset not in CORESETS:
+            bad(f"coreset={self.coreset!r}; choose one of {CORESETS}")
+        if self.distance not in DISTANCES:
+            bad(f"distance={self.distance!r}; choose one of {DISTANCES}")
+        try:
+            ratio_ok = 0.0 < float(self.coreset_ratio) <= 1.0
+        except (TypeError, ValueError):
+            ratio_ok = False
+        if not ratio_ok:
+            bad(f"coreset_ratio={self.coreset_ratio!r} must be in (0, 1]")
+        for name in ("embed_dim", "projection_dim", "num_starts", "num_neighbors", "batch_size", "chunk_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                bad(f"{name}={v!r} must be a positive integer")
+        if not isinstance(self.seed, int):
+            bad(f"seed={self.seed!r} must be an integer")
+        if not isinstance(self.sigma, (int, float)) or self.sigma < 0:
+            bad(f"sigma={self.sigma!r} must be >= 0")
+
+
+# --------------------------------------------------------------------------- coreset (paper §3.2)
+
+
+def random_projection(features: torch.Tensor, dim: int, generator: torch.Generator,
+                      chunk_size: int = 4096, device=None) -> torch.Tensor:
+    """``Linear(D → dim, bias=False)`` with PyTorch's default init, seeded; returns (dim, N).
+
+    The weight is drawn from ``generator`` (CPU) so the global random state is
+    untouched; the rows are projected ``chunk_size`` at a time and written
+    feature-major (dim × N) on ``device``.
+    """
+    n, d = features.shape
+    device = features.device if device is None else torch.device(device)
+    weight = torch.empty(dim, d)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)  # = nn.Linear's init
+    weight = weight.to(device)
+    out = torch.empty(dim, n, device=device)
+    for lo in range(0, n, chunk_size):
+        out[:, lo : lo + chunk_size] = weight @ features[lo : lo + chunk_size].to(device).T
+    return out
+
+
+def greedy_kcenter(points_t: torch.Tensor, k: int, starts: torch.Tensor) -> torch.Tensor:
+    """Approximate greedy k-center of the official code on feature-major points (dim, N).
+
+    Initial min-distance of each point = its mean Euclidean distance to the
+    ``starts``; then ``k`` times: select the argmax and lower the min-distances
+    to the distance to the selected point. Distances use ‖a‖² − 2a·c + ‖c‖²
+    (clamped at 0, square-rooted) as the official code does. Memory O(N).
+    """
+    dim, n = points_t.shape
+    sq = (points_t * points_t).sum(0)  # (N,)
+    mind = torch.zeros(n, device=points_t.device)
+    for s in starts.tolist():  # one pass per start: never an N × 10 matrix of copies
+        d = sq - 2.0 * (points_t[:, s] @ points_t) + sq[s]
+        mind += d.clamp_(min=0).sqrt_()
+    mind /= len(starts)
+    buf = torch.empty(n, device=points_t.device)
+    rows = points_t.T  # (N, dim) view of the (dim, N) storage: a fast gemv on CPU
+    chosen = torch.empty(k, dtype=torch.long)
+    for i in range(k):
+        idx = int(torch.argmax(mind))
+        chosen[i] = idx
+        c = points_t[:, idx]
+        torch.mv(rows, c, out=buf)
+        buf.mul_(-2.0).add_(sq).add_(sq[idx]).clamp_(min=0).sqrt_()
+        torch.minimum(mind, buf, out=mind)
+    return chosen
+
+
+def coreset_indices(features: torch.Tensor, config: PatchCoreConfig, device=None) -> torch.Tensor:
+    """Indices of the memory-bank rows chosen from (N, D) ``features`` (CPU long tensor).
+
+    Size ``max(1, int(N·ratio))``; ratio 1 or ``coreset="none"`` keeps every row
+    (the official sampler returns the features unchanged at 100 %).
+    """
+    n = features.shape[0]
+    k = max(1, int(n * config.coreset_ratio))
+    if config.coreset == "none" or k >= n:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(config.seed)
+    if config.coreset == "random":
+        return torch.randperm(n, generator=g)[:k]
+    if features.shape[1] == config.projection_dim:  # the official code skips an identity-sized projection
+        device = features.device if device is None else device
+        points_t = features.to(device).T.contiguous()
+    else:
+        points_t = random_projection(features, config.projection_dim, g, config.chunk_size, device)
+    starts = torch.randperm(n, generator=g)[: min(config.num_starts, n)]
+    return greedy_kcenter(points_t, k, starts)
+
+
+# --------------------------------------------------------------------------- nearest neighbours
+
+
+def _faiss():
+    try:
+        import faiss  # type: ignore[import-not-found]
+    except Exception:
+        return None
+    return faiss
+
+
+def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk_size: int = 4096,
+                      bank_sq: torch.Tensor | None = None, use_faiss: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared L2 distances (Q, k) and indices (Q, k) of the ``k`` nearest bank rows, ascending.
+
+    faiss ``IndexFlatL2`` when available for CPU tensors; otherwise exact chunked
+    torch search over blocks of ``chunk_size`` queries × ``chunk_size`` bank rows.
+    """
+    k = min(k, bank.shape[0])
+    faiss = _faiss() if use_faiss and queries.device.type == "cpu" and bank.device.type == "cpu" else None
+    if faiss is not None:
+        index = faiss.IndexFlatL2(bank.shape[1])
+        index.add(bank.contiguous().numpy())
+        d, i = index.search(queries.contiguous().numpy(), k)
+        return torch.from_numpy(d).clamp_(min=0), torch.from_numpy(i).long()
+    if bank_sq is None:
+        bank_sq = (bank * bank).sum(1)
+    out_d = torch.empty(queries.shape[0], k, device=queries.device)
+    out_i = torch.empty(queries.shape[0], k, dtype=torch.long, device=queries.device)
+    for qlo in range(0, queries.shape[0], chunk_size):
+        q = queries[qlo : qlo + chunk_size]
+        q_sq = (q * q).sum(1, keepdim=True)
+        best_d = best_i = None
+        for blo in range(0, bank.shape[0], chunk_size):
+            b = bank[blo : blo + chunk_size]
+            d = torch.addmm(q_sq, q, b.T, alpha=-2.0).add_(bank_sq[blo : blo + chunk_size])
+            if k == 1:
+                d, i = d.min(dim=1, keepdim=True)
+            else:
+                d, i = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
+            i += blo
+            if best_d is None:
+                best_d, best_i = d, i
+            elif k == 1:
+                better = d < best_d  # strict: the first of equal distances wins, as in one block
+                best_d, best_i = torch.where(better, d, best_d), torch.where(better, i, best_i)
+            else:
+                best_d, j = torch.topk(torch.cat([best_d, d], 1), k, dim=1, largest=False)
+                best_i = torch.cat([best_i, i], 1).gather(1, j)
+        out_d[qlo : qlo + chunk_size] = best_d.clamp_(min=0)
+        out_i[qlo : qlo + chunk_size] = best_i
+    return out_d, out_i
+
+
+# --------------------------------------------------------------------------- the method
+
+
+class PatchCore(nn.Module):
+    """PatchCore on a frozen backbone. ``fit`` then ``predict`` (see :mod:`tabad.methods`)."""
+
+    name = "patchcore"
+
+    def __init__(self, backbone: Backbone, config: PatchCoreConfig = PatchCoreConfig()):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.register_buffer("memory_bank", torch.empty(0))
+        self.register_buffer("_bank_sq", torch.empty(0), persistent=False)
+        self.grid: tuple[int, int] | None = None
+        self.use_faiss = True
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.memory_bank.numel() > 0
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension D of the patch features."""
+        if self.config.aggregation == "official":
+            return self.config.embed_dim
+        return sum(self.backbone.channels(self.config.layers))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, D, h, w) locally aware patch features on the first layer's grid (§3.1)."""
+        cfg = self.config
+        feats = self.backbone(x, cfg.layers)
+        size = feats[cfg.layers[0]].shape[-2:]
+        p = cfg.patch_size
+        parts = []
+        for name in cfg.layers:
+            f = feats[name].float().contiguous()
+            b, c, h, w = f.shape
+            if cfg.aggregation == "avgpool":
+                # anomalib: AvgPool2d(3, 1, 1), zero padding counted (count_include_pad=True).
+                f = F.avg_pool2d(f, p, stride=1, padding=p // 2)
+            else:
+                # official: unfold (C, p, p) per position, flatten channel-major, pool to embed_dim.
+                u = F.unfold(f, kernel_size=p, padding=p // 2).transpose(1, 2)  # (B, h·w, C·p²)
+                u = F.adaptive_avg_pool1d(u.reshape(b * h * w, 1, c * p * p), cfg.embed_dim)
+                f = u.reshape(b, h, w, cfg.embed_dim).permute(0, 3, 1, 2)
+            if f.shape[-2:] != size:
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            parts.append(f)
+        if cfg.aggregation == "avgpool":
+            return torch.cat(parts, dim=1)
+        b, _, h, w = parts[0].shape
+        # (B, h, w, L, D): the layer vectors one after the other, as the official Aggregator flattens them.
+        stacked = torch.stack(parts, dim=1).permute(0, 3, 4, 1, 2)
+        pooled = F.adaptive_avg_pool1d(stacked.reshape(b * h * w, 1, -1), cfg.embed_dim)
+        return pooled.reshape(b, h, w, cfg.embed_dim).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _rows(e: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (B·h·w, D), patches of an image in row-major order."""
+        return e.permute(0, 2, 3, 1).reshape(-1, e.shape[1])
+
+    @torch.no_grad()
+    def fit(self, batches: Iterable[torch.Tensor]) -> "PatchCore":
+        """Collect every training patch (float32, CPU), keep a coreset as the memory bank (§3.2)."""
+        chunks = []
+        for x in batches:
+            e = self.embed(x)
+            self.grid = tuple(e.shape[-2:])
+            chunks.append(self._rows(e).to("cpu", torch.float32))
+        if not chunks:
+            raise TabadError("PatchCore needs at least 1 training image, got 0")
+        features = torch.cat(chunks)
+        del chunks
+        device = self.memory_bank.device
+        idx = coreset_indices(features, self.config, device=device)
+        bank = features if idx.numel() == features.shape[0] else features[idx]
+        del features
+        self.memory_bank = bank.to(device).contiguous()
+        self._bank_sq = (self.memory_bank * self.memory_bank).sum(1)
+        return self
+
+    def _nn(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        sq = self._bank_sq if self._bank_sq.numel() == self.memory_bank.shape[0] else None
+        return nearest_neighbors(queries, self.memory_bank, k, self.config.chunk_size, sq, self.use_faiss)
+
+    @torch.no_grad()
+    def patch_scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Patch scores (B, h, w), nearest bank index (B, h·w) and patch features (B, h·w, D)."""
+        if not self.is_fitted:
+            raise RuntimeError("call fit() before predict()")
+        e = self.embed(x).to(self.memory_bank.device)
+        b, d, h, w = e.shape
+        if (h, w) != tuple(self.grid):
+            raise ValueError(f"input gives a {h}x{w} feature grid but the model was fitted on {self.grid}")
+        rows = self._rows(e)
+        dist2, idx = self._nn(rows, 1)
+        scores = dist2[:, 0] if self.config.distance == "squared" else dist2[:, 0].sqrt()
+        return scores.reshape(b, h, w), idx[:, 0].reshape(b, h * w), rows.reshape(b, h * w, d)
+
+    @torch.no_grad()
+    def reweight_weights(self, scores: torch.Tensor, nn_idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Paper Eq. 7 weights (B,) in (0, 1] for the maximal patch of each image (anomalib).
+
+        w = 1 − softmax_j(‖m_test* − n_j‖)[m*] over n_j ∈ N_b(m*), the b nearest
+        bank entries to m* with m* itself first. b = 1 (or a one-entry bank)
+        gives w = 1, as anomalib returns the raw score then.
+        """
+        b = min(self.config.num_neighbors, self.memory_bank.shape[0])
+        flat = scores.flatten(1)
+        if b == 1:
+            return torch.ones(flat.shape[0], device=flat.device)
+        arange = torch.arange(flat.shape[0], device=flat.device)
+        star = flat.argmax(dim=1)
+        m_test = rows[arange, star]  # (B, D) the most anomalous test patches
+        m_star = nn_idx[arange, star]  # (B,) their nearest bank entries
+        _, support = self._nn(self.memory_bank[m_star], b)  # (B, b)
+        # N_b(m*) includes m* itself, in front (a duplicate bank row could otherwise tie with it).
+        others = support.masked_fill(support == m_star[:, None], -1)
+        keep = torch.stack([row[row >= 0][: b - 1] for row in others])
+        support = torch.cat([m_star[:, None], keep], dim=1)
+        dist = (m_test[:, None, :] - self.memory_bank[support]).norm(dim=-1)  # Euclidean, as in Eq. 7
+        return 1.0 - torch.softmax(dist, dim=1)[:, 0]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores (B,) and smoothed anomaly maps (B, H, W) at the input size (§3.3)."""
+        grid, nn_idx, rows = self.patch_scores(x)
+        scores = grid.flatten(1).amax(dim=1)
+        if self.config.reweight:
+            scores = scores * self.reweight_weights(grid, nn_idx, rows)
+        maps = upsample(grid, tuple(x.shape[-2:]), align_corners=False)
+        maps = gaussian_blur(maps, self.config.sigma)
+        return scores, maps
