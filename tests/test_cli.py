@@ -188,3 +188,10 @@ def test_benchmark_end_to_end(tiny_mvtec, tmp_path, capsys, cached_backbones):
     assert report["provenance"]["image_size"] == [56, 56]
     assert (out / "results.csv").is_file() and (out / "results.md").is_file()
     assert (out / "panels" / "obj__padim.png").is_file()
+
+
+def test_layout_choices_match_the_readers():
+    from tabad.cli import LAYOUT_CHOICES
+    from tabad.datasets.readers import ALL_LAYOUTS
+
+    assert tuple(LAYOUT_CHOICES) == tuple(ALL_LAYOUTS)

@@ -21,6 +21,11 @@ weights sources: random | random:SEED | imagenet | PATH to a torchvision state d
 """
 
 
+# Mirrors tabad.datasets.readers.ALL_LAYOUTS (a test keeps them equal); spelled out here so
+# that building the parser imports nothing heavy.
+LAYOUT_CHOICES = ("mvtec", "mvtec3d", "mvtec-stem", "btad", "ksdd2", "visa", "loco", "dagm", "folders")
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -77,7 +82,12 @@ def _add_benchmark(sub) -> None:
 layouts (auto-detected, or force with --layout):
   mvtec       <cat>/train/good, <cat>/test/<defect>, <cat>/ground_truth/<defect>/<stem>_mask.png
   mvtec3d     <cat>/train/good/rgb, <cat>/test/<defect>/rgb, masks in <cat>/test/<defect>/gt
-  mvtec-stem  like mvtec, but masks named <stem>.png (hazelnut toy and others)
+  mvtec-stem  like mvtec, but masks named <stem>.png (hazelnut toy, MPDD, MIAD and others)
+  btad        01|02|03/train/ok, test/ok|ko, ground_truth/ko (bmp or png, masks by stem)
+  ksdd2       train|test/NNNNN.png + NNNNN_GT.png (defective train images are left out)
+  visa        split_csv/1cls.csv (masks binarised with != 0)
+  loco        MVTec LOCO: a folder of masks per image, unioned
+  dagm        Class*/Train|Test with Label/NNNN_label.PNG
 
 --data may be a folder of categories or one category folder.
 A rerun with the same --out reuses finished pairs (use --no-resume to recompute).
@@ -92,7 +102,7 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and method randomness")
     p.add_argument("--resize", type=int, default=256, help="resize images to S×S (default 256)")
     p.add_argument("--crop", type=int, default=224, help="then centre-crop to C×C (default 224)")
-    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mvtec3d", "mvtec-stem"])
+    p.add_argument("--layout", default="auto", choices=["auto", *LAYOUT_CHOICES])
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images and bad masks with a warning listing each file, instead of stopping")
     p.add_argument("--panels", type=int, default=4, help="test images per category in the heat-map panels")
@@ -194,7 +204,7 @@ an interrupted run continues with --resume (same settings, same final weights).
     )
     p.add_argument("--data", required=True, type=_csv, help="dataset root(s), comma-separated")
     p.add_argument("--categories", type=_csv, default=None, help="comma-separated subset (default: all)")
-    p.add_argument("--layout", default="auto", choices=["auto", "mvtec", "mvtec3d", "mvtec-stem"])
+    p.add_argument("--layout", default="auto", choices=["auto", *LAYOUT_CHOICES])
     p.add_argument("--backbone", default="resnet18", choices=["resnet18", "wide_resnet50_2"])
     p.add_argument("--init", default="imagenet", help="initial weights: imagenet (paper), random, random:SEED, PATH")
     p.add_argument("--text-encoder", default="auto", choices=["auto", "clip", "minilm"],
