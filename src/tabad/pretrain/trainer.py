@@ -16,6 +16,7 @@ Output folder::
     state.pt        full training state after the last finished epoch (resume)
     metrics.csv     one row per epoch
     text_features.pt  the frozen (C, D) normal/abnormal prototypes used
+    head.pt         projection head + logit scale (for the similarity-matrix figure)
 
 Multi-GPU / multi-process: launch with ``torchrun --nproc_per_node K -m tabad
 pretrain ...``; DDP is set up from the environment (gloo on CPU, NCCL on CUDA).
@@ -343,6 +344,12 @@ class Trainer:
             "environment": environment(),
         }
         atomic_write_json(self.out / "backbone.json", sidecar)
+        # The head and logit scale are not part of the product, but the image-text
+        # similarity figure (supplementary Fig. 4) needs them.
+        atomic_write(self.out / "head.pt", lambda p: torch.save(
+            {"head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
+             "head_kind": self.cfg.head, "loss": self.cfg.loss, "log_scale": model.log_scale.detach().cpu(),
+             "class_folders": images.class_folders, "class_names": names}, p))
         self.log(f"backbone weights: {path} (sha256 {sidecar['sha256'][:16]}…), provenance: {path.with_suffix('.json')}")
 
 
