@@ -293,6 +293,57 @@ def cmd_synth_preview(args) -> int:
     return 0
 
 
+def _add_figures(sub) -> None:
+    p = sub.add_parser(
+        "figures",
+        help="supplementary figures: t-SNE of a benchmark, image-text similarity of a pre-training run",
+        description="Redraw figures of the TAB paper's supplementary material from tabad outputs. "
+                    "--results: t-SNE of layer4 features of every category's test images, one panel per "
+                    "weights source (Fig. 7); the backbones are rebuilt from results.json and checked against "
+                    "their recorded sha256. --pretrain: similarity of normal images and their synthetic "
+                    "anomalies to the 'normal/abnormal <class>' text prototypes (Fig. 4). Give either or both.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""\
+examples:
+  tabad figures --results runs/bench                        # runs/bench/figures/tsne.png
+  tabad figures --pretrain runs/tab --data demo_out/data    # runs/tab/figures/similarity.png
+  tabad figures --results runs/bench --pretrain runs/tab --data demo_out/data --out figs
+each PNG comes with a JSON file of the plotted values.
+""",
+    )
+    p.add_argument("--results", type=Path, default=None, help="benchmark output folder (holds results.json)")
+    p.add_argument("--pretrain", type=Path, default=None, metavar="RUN_DIR",
+                   help="pre-training run folder (backbone.pt, head.pt, text_features.pt)")
+    p.add_argument("--data", type=Path, default=None, help="dataset root of the pre-training images (with --pretrain)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for tsne.png / similarity.png (default: <folder>/figures of each input)")
+    p.add_argument("--max-per-category", type=int, default=60, help="t-SNE: test images per category (default 60)")
+    p.add_argument("--n-images", type=int, default=16, help="similarity: normal images, each with its anomaly (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed for t-SNE and image selection")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_figures)
+
+
+def cmd_figures(args) -> int:
+    if args.results is None and args.pretrain is None:
+        raise SystemExit("error: figures needs --results DIR and/or --pretrain RUN_DIR --data ROOT")
+    if args.pretrain is not None and args.data is None:
+        raise SystemExit("error: --pretrain needs --data ROOT (the dataset the run was trained on)")
+    from tabad.figures import similarity_figure, tsne_figure
+
+    if args.results is not None:
+        out = args.out / "tsne.png" if args.out else None
+        path = tsne_figure(args.results, out, max_per_category=args.max_per_category, seed=args.seed,
+                           device=args.device)
+        print(f"wrote {path}")
+    if args.pretrain is not None:
+        out = args.out / "similarity.png" if args.out else None
+        path = similarity_figure(args.pretrain, args.data, out, n_images=args.n_images, seed=args.seed,
+                                 device=args.device)
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     import tabad
 
@@ -310,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_benchmark(sub)
     _add_pretrain(sub)
     _add_synth_preview(sub)
+    _add_figures(sub)
     return parser
 
 
