@@ -21,6 +21,8 @@ def test_quick_demo_runs_offline_and_reuses_its_work(tmp_path, monkeypatch, caps
     side = json.loads((tmp_path / "demo" / "tab_quick" / "backbone.json").read_text())
     assert side["text_encoder"].startswith("minilm:") and side["init"]["source"] == "random:0"
     assert any(p.suffix == ".png" for p in (tmp_path / "demo" / "report_quick" / "panels").iterdir())
+    assert (tmp_path / "demo" / "report_quick" / "figures" / "tsne.png").is_file()
+    assert (tmp_path / "demo" / "report_quick" / "figures" / "similarity.png").is_file()
     out = capsys.readouterr().out
     assert "Overall Avg." in out and "report:" in out
     # A second run finds everything done: no pre-training, no refit.

@@ -6,7 +6,9 @@
 3. benchmark PaDiM on every category with the random initialisation and
    with the TAB weights grown from it — the difference is what pre-training
    added;
-4. print the paper-style table and where the report is.
+4. draw the t-SNE of test features per weights source and the image-text
+   similarity matrix of the TAB backbone; print the paper-style table and
+   where the report is.
 
 Every step reuses finished work, so a second run (or one after Ctrl-C) only
 does what is missing.
@@ -51,8 +53,11 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict:
     cfg = BenchmarkConfig(data=data, out=report_dir, methods=["padim"], weights=[init, str(weights)], seed=seed,
                           title="tabad demo: PaDiM on the procedural dataset, random init vs TAB")
     report = run_benchmark(cfg)
-    print("[4/4] results\n")
+    print("[4/4] results and figures\n")
+    from tabad.figures import similarity_figure, tsne_figure
+
+    figures = [tsne_figure(report_dir), similarity_figure(tab_dir, data, out_path=report_dir / "figures" / "similarity.png")]
     print((report_dir / "results.md").read_text())
     print(f"report: {report_dir / 'results.md'}  panels: {report_dir / 'panels'}  "
-          f"({time.perf_counter() - t0:.0f} s)")
+          f"figures: {', '.join(str(f) for f in figures)}  ({time.perf_counter() - t0:.0f} s)")
     return report
