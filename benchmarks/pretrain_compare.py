@@ -58,9 +58,11 @@ def train(work: Path, name: str, data: list[str], args, categories=None, **overr
     return str(out / "backbone.pt"), side
 
 
-def evaluate(work: Path, name: str, data: Path, weights: list[str], args, categories=None) -> list[dict]:
-    """PaDiM on ``data``; one output folder per dataset, so the initial weights are scored once and reused."""
-    cfg = BenchmarkConfig(data=data, out=work / "eval" / name, methods=["padim"], weights=weights,
+def evaluate(work: Path, name: str, data: Path, weights: list[str], args, categories=None,
+             method: str = "padim") -> list[dict]:
+    """``method`` on ``data``; one output folder per dataset and method, so the initial weights are scored once."""
+    out = work / "eval" / (name if method == "padim" else f"{name}__{method}")
+    cfg = BenchmarkConfig(data=data, out=out, methods=[method], weights=weights,
                           categories=categories, seed=args.seed, n_panels=3, progress=False)
     return run_benchmark(cfg)["results"]
 
@@ -94,7 +96,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text-encoder", default="minilm")
-    ap.add_argument("--only", default=None, help="comma-separated subset of: included,excluded,table5,table6,table7,table8,joint")
+    ap.add_argument("--only", default=None, help="comma-separated subset of: included,excluded,table5,table6,table7,table8,joint,patchcore "
+                         "(patchcore: PatchCore with the included TAB and classification weights)")
     ap.add_argument("--report", type=Path, default=HERE / "reports" / "pretrain_compare")
     args = ap.parse_args()
     only = set(args.only.split(",")) if args.only else None
@@ -108,13 +111,21 @@ def main() -> None:
     init_label = init.replace(":", "-")
     rows: list[dict] = []
     throughput: dict[str, dict] = {}
+    # Rows of earlier invocations (e.g. --only patchcore after the main run) are kept.
+    previous = args.report.with_suffix(".json")
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        rows.extend(old.get("rows", []))
+        throughput.update(old.get("throughput", {}))
 
-    def record(setting: str, variant: str, side: dict, results: list[dict], tab_label: str) -> None:
+    def record(setting: str, variant: str, side: dict, results: list[dict], tab_label: str,
+               method: str = "padim") -> None:
+        rows[:] = [r for r in rows if (r["setting"], r["variant"], r.get("method", "padim")) != (setting, variant, method)]
         fm = side["final_metrics"] or {}
         throughput[variant] = {"images_per_s": fm.get("images_per_s"), "samples_per_s": fm.get("samples_per_s"),
                                "seconds_per_epoch": fm.get("seconds")}
         for key in ("image_auroc", "pixel_auroc", "aupro"):
-            rows.append({"setting": setting, "variant": variant, "metric": key,
+            rows.append({"setting": setting, "variant": variant, "method": method, "metric": key,
                          "init": mean(results, init_label, key), "pretrained": mean(results, tab_label, key),
                          "categories": sorted({r["category"] for r in results}),
                          "final_train_loss": fm.get("loss"), "final_acc_normal": fm.get("acc_normal"),
@@ -165,6 +176,18 @@ def main() -> None:
         record(setting, variant, side, results, weights_label(path))
         write_report(final=False)
 
+    if only and "patchcore" in only:
+        # PatchCore with the main TAB weights and the classification baseline (procedural + hazelnut).
+        for setting, variant, name in (("patchcore", "tab (NSA, idpa)", "tab_NSA_idpa"),
+                                       ("patchcore", "classification", "classification")):
+            path, side = train(work, name, all_data, args, **({"loss": "classification"} if name == "classification" else {}))
+            results = evaluate(work, "procedural", proc, [init, path], args, method="patchcore")
+            for root in shared_roots:
+                if root.name == "hazelnut_toy":
+                    results += evaluate(work, root.name, root, [init, path], args, method="patchcore")
+            record(setting, variant, side, results, weights_label(path), method="patchcore")
+            write_report(final=False)
+
     write_report(final=True)
 
 
@@ -184,12 +207,13 @@ def to_markdown(report: dict) -> str:
              f"{env['cpu_count']} CPU cores, {env['date']}.", "",
              "Each row: mean over the evaluated categories (PaDiM fitted per category), initial weights vs the "
              "pre-trained ones. Values in %.", "",
-             "| setting | variant | metric | init | pre-trained | Δ | final loss | acc n / a |",
-             "|---|---|---|---:|---:|---:|---:|---|"]
+             "| setting | variant | method | metric | init | pre-trained | Δ | final loss | acc n / a |",
+             "|---|---|---|---|---:|---:|---:|---:|---|"]
     for r in report["rows"]:
         d = None if r["init"] is None or r["pretrained"] is None else r["pretrained"] - r["init"]
         acc = f"{r['final_acc_normal']:.2f} / {r['final_acc_abnormal']:.2f}" if r["final_acc_normal"] is not None else ""
-        lines.append(f"| {r['setting']} | {r['variant']} | {r['metric']} | {_f(r['init'])} | {_f(r['pretrained'])} | "
+        lines.append(f"| {r['setting']} | {r['variant']} | {r.get('method', 'padim')} | {r['metric']} | "
+                     f"{_f(r['init'])} | {_f(r['pretrained'])} | "
                      f"{'–' if d is None else f'{100 * d:+.2f}'} | {r['final_train_loss']:.3f} | {acc} |")
     lines += ["", "## Pre-training throughput (2 CPU cores)", "", "| run | images/s | synthetic samples/s | s/epoch |",
               "|---|---:|---:|---:|"]
