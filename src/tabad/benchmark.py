@@ -136,6 +136,9 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     bar = tqdm(total=total, desc="benchmark", unit="pair", disable=not cfg.progress)
     for category in categories:
         data = read_category(cfg.data, category, layout=cfg.layout, skip_bad=cfg.skip_bad)
+        if not data.test:
+            raise TabadError(f"{category}: no test images to score (layout {data.layout!r}; a 'folders' "
+                             "collection of normal images is for `tabad pretrain`, not for the benchmark)")
         kind = category_kind(cfg.data, category)
         datasets_info[category] = {
             "layout": data.layout, "kind": kind, "n_train": len(data.train), "n_test": len(data.test),
