@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -69,3 +70,26 @@ def tiny_mvtec(tmp_path_factory) -> Path:
     3 anomalous test images with ``ground_truth/<defect>/<stem>_mask.png`` masks.
     The anomaly is a bright square on a smooth noisy background. Treat as read-only."""
     return write_tiny_mvtec(tmp_path_factory.mktemp("tiny_mvtec"))
+
+
+class FakeEncoder:
+    """Deterministic sentence vectors (seeded by a hash of the sentence): fast and offline."""
+
+    name, dim, identity = "fake", 16, "fake:v1"
+
+    def encode(self, sentences):
+        import torch
+
+        out = []
+        for s in sentences:
+            seed = int.from_bytes(hashlib.sha256(s.encode()).digest()[:4], "little")
+            out.append(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)))
+        return torch.nn.functional.normalize(torch.stack(out), dim=1)
+
+
+@pytest.fixture
+def fake_text(monkeypatch):
+    """Replace the text encoder of pre-training with :class:`FakeEncoder`."""
+    import tabad.text.encoders as enc
+
+    monkeypatch.setattr(enc, "get_text_encoder", lambda *a, **k: FakeEncoder())

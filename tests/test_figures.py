@@ -13,26 +13,6 @@ from PIL import Image
 from tabad.errors import TabadError
 
 
-class FakeEncoder:
-    """Deterministic sentence vectors: fast and offline (as in tests/pretrain/test_trainer.py)."""
-
-    name, dim, identity = "fake", 16, "fake:v1"
-
-    def encode(self, sentences):
-        out = []
-        for s in sentences:
-            g = torch.Generator().manual_seed(abs(hash(s)) % (2**31))
-            out.append(torch.randn(self.dim, generator=g))
-        return torch.nn.functional.normalize(torch.stack(out), dim=1)
-
-
-@pytest.fixture
-def fake_text(monkeypatch):
-    import tabad.text.encoders as enc
-
-    monkeypatch.setattr(enc, "get_text_encoder", lambda *a, **k: FakeEncoder())
-
-
 @pytest.fixture(scope="module")
 def bench_dir(tiny_mvtec, tmp_path_factory) -> Path:
     from tabad.benchmark import BenchmarkConfig, run_benchmark

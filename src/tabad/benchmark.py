@@ -99,7 +99,6 @@ def _resolve_device(name: str):
 
 def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     """Run the benchmark described by ``cfg``; returns the ``results.json`` content."""
-    import torch
     from tqdm.auto import tqdm
 
     from tabad import metrics

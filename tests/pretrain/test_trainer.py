@@ -17,26 +17,6 @@ from tabad.pretrain import trainer as trainer_mod
 from tabad.pretrain.trainer import PretrainConfig, pretrain
 
 
-class FakeEncoder:
-    """Deterministic sentence vectors: fast and offline."""
-
-    name, dim, identity = "fake", 16, "fake:v1"
-
-    def encode(self, sentences):
-        out = []
-        for s in sentences:
-            g = torch.Generator().manual_seed(abs(hash(s)) % (2**31))
-            out.append(torch.randn(self.dim, generator=g))
-        return torch.nn.functional.normalize(torch.stack(out), dim=1)
-
-
-@pytest.fixture
-def fake_text(monkeypatch):
-    import tabad.text.encoders as enc
-
-    monkeypatch.setattr(enc, "get_text_encoder", lambda *a, **k: FakeEncoder())
-
-
 def _cfg(data: Path, out: Path, tmp_path: Path, **kw) -> PretrainConfig:
     base = dict(data=[str(data)], out=str(out), init="random", epochs=2, batch_size=6, lr=0.01, resize=64,
                 crop=56, workers=0, progress=False, cache_dir=str(tmp_path / "cache"), seed=3)
