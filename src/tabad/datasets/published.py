@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -94,8 +93,7 @@ from tabad.datasets.readers import (
     _EXTS,
     _PARALLEL_MIN,
     NORMAL,
-    SkippedFilesWarning,
-    _check_all,
+    _finish_category,
     _image_files,
     _natural_key,
     _raise_problems,
@@ -291,17 +289,7 @@ def read(layout: str, folder: Path, category: str, hint: str, skip_bad: bool, ch
         "dagm": _read_dagm,
         "folders": _read_folders,
     }[layout]
-    data = reader(folder, category, hint, skip_bad, check_files, include_validation)
-    problems = [(p, r) for p, r in data.skipped if r != EXCLUDED_REASON]
-    if problems:  # excluded defective training images alone are the protocol, not a problem
-        where = folder / category if layout == "visa" else folder
-        lines = "\n".join(f"  {p}: {r}" for p, r in problems)
-        warnings.warn(
-            f"category {category!r} ({where}): skipped {len(problems)} bad file(s):\n{lines}",
-            SkippedFilesWarning,
-            stacklevel=3,
-        )
-    return data
+    return reader(folder, category, hint, skip_bad, check_files, include_validation)
 
 
 def list_published(root: Path, layout: str) -> list[str] | None:
@@ -322,33 +310,6 @@ def list_published(root: Path, layout: str) -> list[str] | None:
 
 
 # --------------------------------------------------------------------------- shared steps
-
-
-def _finish(*, root: Path, cat_dir: Path, category: str, layout: str, train: list[Sample], test: list[Sample],
-            problems: list[tuple[Path, str]], excluded: list[tuple[Path, str]], skip_bad: bool,
-            check_files: bool, hint: str, train_dir: Path, test_dir: Path | None) -> CategoryData:
-    """Pairing problems, file checks, the warning and the emptiness checks, as in ``readers``."""
-    if problems and not skip_bad:
-        _raise_problems(problems, category, hint)
-    if check_files:
-        samples = train + test
-        bad: set[int] = set()
-        for i, found in enumerate(_check_all(samples)):
-            if found:
-                problems += found
-                bad.add(i)
-        if bad:
-            n_train = len(train)
-            train = [s for i, s in enumerate(train) if i not in bad]
-            test = [s for i, s in enumerate(test, start=n_train) if i not in bad]
-        if problems and not skip_bad:
-            _raise_problems(problems, category, hint)
-    if not train:
-        raise DataError(train_dir, "no readable training images left after skipping bad files")
-    if test_dir is not None and not test:
-        raise DataError(test_dir, "no usable test images left after skipping bad files")
-    return CategoryData(root=root, category=category, layout=layout, train=train, test=test,
-                        skipped=list(excluded) + list(problems))
 
 
 def _require_dir(folder: Path, what: str, hint: str) -> None:
@@ -465,7 +426,7 @@ def _read_mvtec_like(cat_dir: Path, category: str, hint: str, skip_bad: bool, ch
             problems += [(m, f"mask without image: there is no test folder {test_dir / gt_dir.name}") for m in orphans]
     if n_found == 0:
         raise DataError(test_dir, f"no test images (looked for {test_dir}/<defect>/*.<{_EXTS}>){hint}")
-    return _finish(root=cat_dir.parent, cat_dir=cat_dir, category=category, layout=layout, train=train, test=test,
+    return _finish_category(root=cat_dir.parent, cat_dir=cat_dir, category=category, layout=layout, train=train, test=test,
                    problems=problems, excluded=[], skip_bad=skip_bad, check_files=check_files, hint=hint,
                    train_dir=train_dir, test_dir=test_dir)
 
@@ -534,7 +495,7 @@ def _read_label_from_mask(cat_dir: Path, category: str, hint: str, skip_bad: boo
     train_dir = cat_dir / splits["train"]
     if not out["train"] and not problems:
         raise DataError(train_dir, f"no normal training images (all {len(excluded)} are defective){hint}")
-    return _finish(root=cat_dir if layout == "ksdd2" else cat_dir.parent, cat_dir=cat_dir, category=category,
+    return _finish_category(root=cat_dir if layout == "ksdd2" else cat_dir.parent, cat_dir=cat_dir, category=category,
                    layout=layout, train=out["train"], test=out["test"], problems=problems, excluded=excluded,
                    skip_bad=skip_bad, check_files=check_files, hint=hint, train_dir=train_dir,
                    test_dir=cat_dir / splits["test"])
@@ -619,7 +580,7 @@ def _read_visa(root: Path, category: str, hint: str, skip_bad: bool, check_files
         raise DataError(csv_path, f"no normal training images for {category!r}{hint}")
     if not test and not problems:
         raise DataError(csv_path, f"no test images for {category!r}{hint}")
-    return _finish(root=root, cat_dir=root / category, category=category, layout="visa", train=train, test=test,
+    return _finish_category(root=root, cat_dir=root / category, category=category, layout="visa", train=train, test=test,
                    problems=problems, excluded=excluded, skip_bad=skip_bad, check_files=check_files, hint=hint,
                    train_dir=csv_path, test_dir=csv_path)
 
@@ -632,7 +593,7 @@ def _read_folders(cat_dir: Path, category: str, hint: str, skip_bad: bool, check
     train = [Sample(p, category, 0, NORMAL, None, "train") for p in _image_files(cat_dir)]
     if not train:
         raise DataError(cat_dir, f"no images directly in this class folder (looked for *.<{_EXTS}>){hint}")
-    return _finish(root=cat_dir.parent, cat_dir=cat_dir, category=category, layout="folders", train=train, test=[],
+    return _finish_category(root=cat_dir.parent, cat_dir=cat_dir, category=category, layout="folders", train=train, test=[],
                    problems=[], excluded=[], skip_bad=skip_bad, check_files=check_files, hint=hint,
                    train_dir=cat_dir, test_dir=None)
 

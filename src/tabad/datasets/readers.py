@@ -423,10 +423,24 @@ def read_category(
         where = f"{test_dir}/<defect>/rgb/" if layout == "mvtec3d" else f"{test_dir}/<defect>/"
         raise DataError(test_dir, f"no test images (looked for {where}*.<{_EXTS}>){hint}")
 
+    return _finish_category(root=cat_dir.parent, cat_dir=cat_dir, category=category, layout=layout, train=train,
+                            test=test, problems=problems, excluded=[], skip_bad=skip_bad, check_files=check_files,
+                            hint=hint, train_dir=train_dir, test_dir=test_dir)
+
+
+def _finish_category(*, root: Path, cat_dir: Path, category: str, layout: str, train: list[Sample],
+                     test: list[Sample], problems: list[tuple[Path, str]], excluded: list[tuple[Path, str]],
+                     skip_bad: bool, check_files: bool, hint: str, train_dir: Path,
+                     test_dir: Path | None) -> CategoryData:
+    """The end every reader shares: pairing problems, file checks, one warning, emptiness checks.
+
+    ``excluded`` lists files left out by a dataset's protocol (e.g. defective KSDD2 training
+    images): reported in ``skipped`` but not warned about. ``test_dir=None`` allows an empty
+    test split (collections of normal images for pre-training).
+    """
     # Pairing problems are cheap to find; report them before decoding anything.
     if problems and not skip_bad:
         _raise_problems(problems, category, hint)
-
     if check_files:
         samples = train + test
         bad: set[int] = set()
@@ -435,28 +449,18 @@ def read_category(
                 problems += found
                 bad.add(i)
         if bad:
+            n_train = len(train)
             train = [s for i, s in enumerate(train) if i not in bad]
-            test = [s for i, s in enumerate(test, start=len(samples) - len(test)) if i not in bad]
+            test = [s for i, s in enumerate(test, start=n_train) if i not in bad]
         if problems and not skip_bad:
             _raise_problems(problems, category, hint)
-
     if problems:
         lines = "\n".join(f"  {p}: {r}" for p, r in problems)
-        warnings.warn(
-            f"category {category!r} ({cat_dir}): skipped {len(problems)} bad file(s):\n{lines}",
-            SkippedFilesWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"category {category!r} ({cat_dir}): skipped {len(problems)} bad file(s):\n{lines}",
+                      SkippedFilesWarning, stacklevel=4)
     if not train:
         raise DataError(train_dir, "no readable training images left after skipping bad files")
-    if not test:
+    if test_dir is not None and not test:
         raise DataError(test_dir, "no usable test images left after skipping bad files")
-
-    return CategoryData(
-        root=cat_dir.parent,
-        category=category,
-        layout=layout,
-        train=train,
-        test=test,
-        skipped=list(problems),
-    )
+    return CategoryData(root=root, category=category, layout=layout, train=train, test=test,
+                        skipped=list(excluded) + list(problems))
