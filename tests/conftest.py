@@ -93,3 +93,18 @@ def fake_text(monkeypatch):
     import tabad.text.encoders as enc
 
     monkeypatch.setattr(enc, "get_text_encoder", lambda *a, **k: FakeEncoder())
+
+
+def score_tiny_obj(method: str, backbone, root: Path, size: tuple[int, int] = (64, 56)):
+    """Fit ``method`` on the tiny ``obj`` category and score its test set: (test split, scores, maps)."""
+    from tabad.datasets.loader import load_split
+    from tabad.datasets.readers import read_category
+    from tabad.datasets.transforms import Geometry
+    from tabad.methods import create_method
+
+    cat = read_category(root, "obj")
+    geometry = Geometry(*size)
+    train, test = load_split(cat.train, geometry), load_split(cat.test, geometry)
+    model = create_method(method, backbone).fit(train.batches(4))
+    scores, maps = model.predict(next(test.batches(32)))
+    return test, scores.numpy(), maps

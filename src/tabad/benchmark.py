@@ -106,7 +106,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     from tabad.datasets.categories import category_kind
     from tabad.datasets.loader import load_split
     from tabad.datasets.readers import list_categories, read_category
-    from tabad.datasets.transforms import Geometry, denormalize_to_uint8
+    from tabad.datasets.transforms import Geometry
     from tabad.methods import create_method, method_names
     from tabad.provenance import environment
     from tabad.report import heatmap_panel, markdown_report, write_csv
@@ -178,7 +178,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
             if panel_idx:
                 if test is None:
                     test = load_split(data.test, geometry)
-                imgs = np.stack([denormalize_to_uint8(_norm(test.images[i])) for i in panel_idx])
+                imgs = test.images[panel_idx].permute(0, 2, 3, 1).numpy()
                 masks = test.masks[panel_idx].numpy()
                 rows = [f"{data.test[i].defect_type}/{data.test[i].image_path.name}" for i in panel_idx]
                 heatmap_panel(out / "panels" / f"{category}__{method}.png", imgs, panel_maps,
@@ -216,12 +216,6 @@ def save_npz(path: Path, **arrays) -> Path:
             np.savez_compressed(f, **arrays)
 
     return atomic_write(path, write)
-
-
-def _norm(img_uint8):
-    from tabad.datasets.transforms import normalize
-
-    return normalize(img_uint8.unsqueeze(0))[0]
 
 
 def _load_pair(pair_json: Path, pair_npz: Path, key: str):

@@ -14,7 +14,6 @@ from tabad.datasets.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Geometry,
-    denormalize_to_uint8,
     normalize,
     resize_crop_image,
     resize_crop_mask,
@@ -142,22 +141,6 @@ def test_normalize_values():
     ).view(1, 3, 1, 1)
     torch.testing.assert_close(y.double(), want, rtol=1e-6, atol=1e-6)
     assert torch.equal(x, before)  # input untouched
-
-
-def test_normalize_denormalize_roundtrip():
-    arr = np.random.default_rng(2).integers(0, 256, (6, 7, 3), dtype=np.uint8)
-    arr[0, 0] = (0, 0, 0)
-    arr[0, 1] = (255, 255, 255)
-    x = normalize(torch.from_numpy(arr).permute(2, 0, 1)[None])[0]
-    back = denormalize_to_uint8(x)
-    assert back.dtype == np.uint8 and back.shape == arr.shape
-    assert np.abs(back.astype(int) - arr.astype(int)).max() <= 1  # within 1/255
-
-
-def test_denormalize_clamps():
-    x = torch.full((3, 2, 2), 100.0)
-    assert (denormalize_to_uint8(x) == 255).all()
-    assert (denormalize_to_uint8(-x) == 0).all()
 
 
 # --------------------------------------------------------------------------- load_split

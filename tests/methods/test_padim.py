@@ -204,18 +204,12 @@ def test_fit_needs_two_images(backbone, data):
 
 
 def test_obvious_defect_scores_higher(backbone, tiny_mvtec):
-    from tabad.datasets.loader import load_split
-    from tabad.datasets.readers import read_category
-    from tabad.datasets.transforms import Geometry
     from tabad.metrics import image_auroc, pixel_auroc
 
-    cat = read_category(tiny_mvtec, "obj")
-    geometry = Geometry(64, 56)
-    train, test = load_split(cat.train, geometry), load_split(cat.test, geometry)
-    model = create_method("padim", backbone).fit(train.batches(4))
-    scores, maps = model.predict(next(test.batches(32)))
+    from tests.conftest import score_tiny_obj
+
+    test, s, maps = score_tiny_obj("padim", backbone, tiny_mvtec)
     assert maps.shape == (len(test), 56, 56)
-    s = scores.numpy()
     assert image_auroc(test.labels, s) == 1.0
     assert s[test.labels == 1].min() > 3 * s[test.labels == 0].max()  # a wide margin, not luck
     assert pixel_auroc(test.masks.numpy(), maps.numpy()) > 0.9

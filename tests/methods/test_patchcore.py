@@ -301,18 +301,12 @@ def test_predict_before_fit_and_empty_fit(backbone, data):
 
 
 def test_obvious_defect_scores_higher(backbone, tiny_mvtec):
-    from tabad.datasets.loader import load_split
-    from tabad.datasets.readers import read_category
-    from tabad.datasets.transforms import Geometry
     from tabad.metrics import image_auroc, pixel_auroc
 
-    cat = read_category(tiny_mvtec, "obj")
-    geometry = Geometry(64, 56)
-    train, test = load_split(cat.train, geometry), load_split(cat.test, geometry)
-    model = create_method("patchcore", backbone).fit(train.batches(4))
-    scores, maps = model.predict(next(test.batches(32)))
+    from tests.conftest import score_tiny_obj
+
+    test, s, maps = score_tiny_obj("patchcore", backbone, tiny_mvtec)
     assert maps.shape == (len(test), 56, 56)
-    s = scores.numpy()
     assert image_auroc(test.labels, s) == 1.0
     assert s[test.labels == 1].min() > 2 * s[test.labels == 0].max()  # a wide margin (~3x), not luck
     assert pixel_auroc(test.masks.numpy(), maps.numpy()) > 0.9

@@ -80,13 +80,3 @@ def normalize(images_uint8, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
-
-
-def denormalize_to_uint8(x) -> np.ndarray:
-    """Inverse of :func:`normalize` for one image (3, H, W) -> (H, W, 3) uint8, for pictures."""
-    import torch
-
-    m = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    s = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    y = (x.detach().cpu().float() * s + m).clamp(0, 1).mul(255).round().byte()
-    return y.permute(1, 2, 0).numpy()
