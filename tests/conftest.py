@@ -106,5 +106,5 @@ def score_tiny_obj(method: str, backbone, root: Path, size: tuple[int, int] = (6
     geometry = Geometry(*size)
     train, test = load_split(cat.train, geometry), load_split(cat.test, geometry)
     model = create_method(method, backbone).fit(train.batches(4))
-    scores, maps = model.predict(next(test.batches(32)))
+    scores, maps = model.predict(next(iter(test.batches(32))))
     return test, scores.numpy(), maps

@@ -46,6 +46,8 @@ class BenchmarkConfig:
     n_panels: int = 4
     save_predictions: bool = False
     method_options: dict[str, dict] = field(default_factory=dict)
+    #: epochs for every training-based method (None: each method's default).
+    epochs: int | None = None
     allow_download: bool = False
     resume: bool = True
     progress: bool = True
@@ -64,7 +66,7 @@ def _pair_key(cfg: BenchmarkConfig, category: str, method: str, weights_sha: str
 
     key = {
         "data": str(Path(cfg.data).resolve()), "category": category, "method": method,
-        "options": cfg.method_options.get(method, {}), "weights_sha256": weights_sha, "backbone": cfg.backbone,
+        "options": method_options(cfg, method), "weights_sha256": weights_sha, "backbone": cfg.backbone,
         "seed": cfg.seed, "resize": cfg.resize, "crop": cfg.crop, "layout": cfg.layout, "n_train": n_train,
         "n_test": n_test, "panels": panel_idx, "version": tabad.__version__,
     }
@@ -163,13 +165,15 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
                         train = load_split(data.train, geometry, progress=cfg.progress, desc=f"{category} train")
                         test = load_split(data.test, geometry, progress=cfg.progress, desc=f"{category} test")
                         datasets_info[category]["load_seconds"] = round(time.perf_counter() - t0, 3)
+                    checkpoint = pairs_dir / f"{name}.train.pt"
                     result, pmaps, preds = _run_pair(cfg, method, bb, train, test, data, kind, panel_idx, device,
-                                                     create_method, metrics)
+                                                     create_method, metrics, checkpoint, key)
                     result["key"] = key
                     save_npz(pair_npz, maps=pmaps)
                     if cfg.save_predictions:
                         save_npz(out / "predictions" / f"{name}.npz", **preds)
                     atomic_write_json(pair_json, result)
+                    checkpoint.unlink(missing_ok=True)  # the finished pair supersedes its training state
                 results.append(result)
                 panel_maps.append(pmaps)
                 panel_titles.append(bb.info.label)
@@ -189,7 +193,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
         "environment": environment(),
         "data_root": str(Path(cfg.data).resolve()),
         "categories": datasets_info,
-        "methods": {m: cfg.method_options.get(m, {}) for m in cfg.methods},
+        "methods": {m: method_options(cfg, m) for m in cfg.methods},
         "method_configs": {r["method"]: r["config"] for r in results},
         "weights": [bb.info.to_dict() for bb in backbones.values()],
         "backbone": cfg.backbone,
@@ -231,20 +235,41 @@ def _load_pair(pair_json: Path, pair_npz: Path, key: str):
         return None  # a damaged resume file is recomputed, never trusted
 
 
-def _run_pair(cfg, method_name, bb, train, test, data, kind, panel_idx, device, create_method, metrics):
+def method_options(cfg: BenchmarkConfig, method: str) -> dict:
+    """The options a method runs with: ``--config``/``--set`` values, then ``--epochs`` for trainable ones."""
+    from dataclasses import fields
+
+    from tabad.methods import config_class
+
+    opts = dict(cfg.method_options.get(method, {}))
+    if cfg.epochs is not None and "epochs" in {f.name for f in fields(config_class(method))}:
+        opts["epochs"] = cfg.epochs
+    return opts
+
+
+def _run_pair(cfg, method_name, bb, train, test, data, kind, panel_idx, device, create_method, metrics,
+              checkpoint: Path, key: str):
     import torch
 
     torch.manual_seed(cfg.seed)
-    model = create_method(method_name, bb, cfg.method_options.get(method_name, {})).to(device)
+    model = create_method(method_name, bb, method_options(cfg, method_name)).to(device)
     batch = getattr(model.config, "batch_size", 32)
+    normalise = getattr(model, "input_normalisation", True)
 
     t0 = time.perf_counter()
-    model.fit(train.batches(batch, device))
+    train_log = None
+    if hasattr(model, "train_epoch"):
+        # Training-based method: resumable from its per-epoch checkpoint.
+        model.fit(train.batches(batch, device, normalise=normalise), checkpoint=checkpoint, key=key,
+                  progress=cfg.progress, seed=cfg.seed)
+        train_log = getattr(model, "train_log", None)
+    else:
+        model.fit(train.batches(batch, device, normalise=normalise))
     fit_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     scores, maps = [], []
-    for x in test.batches(batch, device):
+    for x in test.batches(batch, device, normalise=normalise):
         s, m = model.predict(x)
         scores.append(s.float().cpu())
         maps.append(m.float().cpu())
@@ -265,6 +290,8 @@ def _run_pair(cfg, method_name, bb, train, test, data, kind, panel_idx, device, 
         "map_min": float(maps_np.min()), "map_max": float(maps_np.max()),
         "config": _config_dict(model.config),
     }
+    if train_log:
+        result["train_log"] = train_log
     preds = {"scores": scores_np, "maps": maps_np, "labels": test.labels,
              "masks": test.masks.numpy(), "files": np.array([str(s.image_path) for s in data.test])}
     return result, maps_np[panel_idx].astype(np.float16), preds

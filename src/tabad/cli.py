@@ -109,6 +109,9 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
     p.add_argument("--config", help="YAML file of method options: {padim: {n_features: all}}")
     p.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE",
                    help="override one method option, e.g. --set padim.n_features=all (repeatable)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs for every training-based method (rd4ad, simplenet, regad); "
+                        "default: each method's paper value")
     p.add_argument("--save-predictions", action="store_true", help="also write every score and map to predictions/")
     p.add_argument("--allow-download", action="store_true", help="let torchvision download missing ImageNet weights")
     p.add_argument("--no-resume", action="store_true", help="recompute pairs already finished in --out")
@@ -127,7 +130,8 @@ def cmd_benchmark(args) -> int:
         data=args.data, out=args.out, methods=args.method, weights=args.weights, categories=args.categories,
         backbone=args.backbone, seed=args.seed, resize=args.resize, crop=args.crop, layout=args.layout,
         skip_bad=args.skip_bad, n_panels=args.panels, save_predictions=args.save_predictions,
-        method_options=options, allow_download=args.allow_download, resume=not args.no_resume, device=args.device,
+        method_options=options, epochs=args.epochs, allow_download=args.allow_download, resume=not args.no_resume,
+        device=args.device,
     )
     report = run_benchmark(cfg)
     print((args.out / "results.md").read_text())

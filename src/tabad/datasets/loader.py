@@ -32,10 +32,56 @@ class LoadedSplit:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def batches(self, batch_size: int, device="cpu") -> Iterator["object"]:
-        """Yield normalised float batches (B, 3, H, W)."""
-        for i in range(0, len(self), batch_size):
-            yield normalize(self.images[i : i + batch_size].to(device))
+    def batches(self, batch_size: int, device="cpu", *, normalise: bool = True) -> "Batches":
+        """Normalised float batches (B, 3, H, W) in order; re-iterable, with shuffled epochs.
+
+        ``normalise=False`` gives [0, 1] floats (RegAD's input, methods.md §4).
+        """
+        return Batches(self.images, batch_size, device, normalise)
+
+
+@dataclass
+class Batches:
+    """Batches of a decoded split, for one-pass methods and for training loops alike.
+
+    Iterating gives the images in order (what a training-free ``fit`` and
+    every ``predict`` use); :meth:`epoch` gives a shuffled pass whose order
+    depends only on ``(seed, epoch)``, so a resumed training run sees exactly
+    the batches the uninterrupted run would have seen.
+    """
+
+    images: "object"  # torch.Tensor uint8 (N, 3, H, W)
+    batch_size: int
+    device: "object" = "cpu"
+    normalise: bool = True
+
+    def __len__(self) -> int:  # batches per pass
+        return -(-len(self.images) // self.batch_size)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    def _convert(self, x):
+        x = x.to(self.device)
+        return normalize(x) if self.normalise else x.float().div_(255.0)
+
+    def __iter__(self) -> Iterator["object"]:
+        for i in range(0, len(self.images), self.batch_size):
+            yield self._convert(self.images[i : i + self.batch_size])
+
+    def epoch(self, epoch: int, seed: int = 0, drop_last: bool = False) -> Iterator["object"]:
+        """One shuffled pass. ``drop_last`` drops a short final batch (BatchNorm in
+        training mode cannot take a batch of one)."""
+        import torch
+
+        g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+        order = torch.randperm(len(self.images), generator=g)
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            if drop_last and len(idx) < self.batch_size and len(order) > self.batch_size:
+                break
+            yield self._convert(self.images[idx])
 
 
 def _load_one(sample: Sample, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:

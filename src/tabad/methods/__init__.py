@@ -8,6 +8,13 @@ Every method is a plain ``torch.nn.Module`` built from a frozen
 * ``predict(x) -> (scores, maps)``: image scores (B,) and anomaly maps
   (B, H, W) at the input resolution, higher = more anomalous.
 
+Methods that train (RD4AD, SimpleNet) also define ``train_epoch`` and
+``training_state`` (see :mod:`tabad.methods.training`); their ``fit`` takes
+a re-iterable :class:`tabad.datasets.loader.Batches` and keyword arguments
+``checkpoint``, ``key``, ``progress`` and ``seed`` so a run resumes after an
+interruption. A method whose ``input_normalisation`` is False gets [0, 1]
+inputs instead of ImageNet-normalised ones.
+
 Methods are looked up by name in :data:`REGISTRY`; the module is imported
 only when the method is used, so ``tabad --help`` stays instant.
 """
@@ -33,6 +40,13 @@ def _resolve(ref: str) -> Any:
 
 def method_names() -> list[str]:
     return sorted(REGISTRY)
+
+
+def config_class(name: str):
+    """The config dataclass of method ``name``."""
+    if name not in REGISTRY:
+        raise TabadError(f"unknown method {name!r}; available: {', '.join(method_names())}")
+    return _resolve(REGISTRY[name][1])
 
 
 def create_method(name: str, backbone, overrides: dict[str, Any] | None = None):
