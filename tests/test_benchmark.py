@@ -287,3 +287,65 @@ def test_select_panel_indices_edge_cases():
     assert select_panel_indices(samples, 2) == [1, 0]
     assert select_panel_indices(_samples(["crack", "scratch", "crack"]), 2) == [0, 1]  # no normals
     assert select_panel_indices(_samples(["good", "good"]), 2) == [0]  # no anomalies
+
+
+# --------------------------------------------------------------------------- several roots, cross-dataset
+
+
+def test_two_dataset_roots_in_one_table(tiny_mvtec, tmp_path):
+    other = tmp_path / "other_ds"
+    shutil.copytree(tiny_mvtec, other)
+    report = run_benchmark(_cfg([tiny_mvtec, other], tmp_path / "out", categories=None), log=_quiet)
+    names = sorted({r["category"] for r in report["results"]})
+    first = Path(tiny_mvtec).resolve().name
+    assert names == sorted([f"{first}/obj", f"{first}/tex", "other_ds/obj", "other_ds/tex"])
+    prov = report["provenance"]
+    assert prov["data_roots"] == [str(Path(tiny_mvtec).resolve()), str(other.resolve())]
+    assert prov["categories"]["other_ds/obj"]["root"] == str(other.resolve())
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| **other_ds Avg.** |" in md and f"| **{first} Avg.** |" in md
+    # same data under two roots: same numbers
+    by = {r["category"]: r for r in report["results"]}
+    assert by[f"{first}/obj"]["image_auroc"] == by["other_ds/obj"]["image_auroc"]
+    with pytest.raises(TabadError, match="layouts"):
+        run_benchmark(_cfg([tiny_mvtec, other], tmp_path / "o2", layout=["mvtec"]), log=_quiet)
+
+
+def test_non_square_geometry(tiny_mvtec, tmp_path):
+    report = run_benchmark(_cfg(tiny_mvtec, tmp_path / "out", resize=(48, 64), crop=None, save_predictions=True),
+                           log=_quiet)
+    (row,) = report["results"]
+    assert row["image_size"] == [48, 64]
+    with np.load(next((tmp_path / "out" / "predictions").glob("*.npz"))) as z:
+        assert z["maps"].shape[1:] == (48, 64) and z["masks"].shape[1:] == (48, 64)
+    assert "no crop" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_cross_dataset_weights_are_named(tiny_mvtec, tmp_path):
+    """A TAB checkpoint with its backbone.json: the report says what it was trained on and that it differs."""
+    import hashlib
+
+    import torch
+    import torchvision
+
+    run = tmp_path / "tab_btad"
+    run.mkdir()
+    torch.manual_seed(3)
+    torch.save(torchvision.models.resnet18().state_dict(), run / "backbone.pt")
+    sha = hashlib.sha256((run / "backbone.pt").read_bytes()).hexdigest()
+    record = {"kind": "tab-backbone", "sha256": sha, "data_roots": ["/data/btad"], "categories": ["01", "02"],
+              "text_encoder": "minilm:x", "prompts": "idpa", "loss": "tab", "synthetic": "nsa", "epochs": 2,
+              "init": {"source": "random:0"}, "seed": 0}
+    (run / "backbone.json").write_text(json.dumps(record))
+    report = run_benchmark(_cfg(tiny_mvtec, tmp_path / "out", weights=[str(run / "backbone.pt")]), log=_quiet)
+    (w,) = report["provenance"]["weights"]
+    assert w["label"] == "tab_btad" and w["trained_on"]["data_roots"] == [str(Path("/data/btad").resolve())]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Cross-dataset" in md and "/data/btad" in md and str(Path(tiny_mvtec).resolve()) in md
+    # a record of another file (sha mismatch) is not credited
+    other = tmp_path / "tab_other"
+    shutil.copytree(run, other)  # another path: the module's backbone cache is keyed by source
+    record["sha256"] = "0" * 64
+    (other / "backbone.json").write_text(json.dumps(record))
+    report = run_benchmark(_cfg(tiny_mvtec, tmp_path / "out2", weights=[str(other / "backbone.pt")]), log=_quiet)
+    assert report["provenance"]["weights"][0]["trained_on"] is None

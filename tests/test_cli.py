@@ -84,10 +84,41 @@ def test_no_command_prints_help(capsys):
 
 
 def test_parser_defaults():
+    from tabad.cli import _benchmark_settings
+
     args = build_parser().parse_args(["benchmark", "--data", "d", "--out", "o", "--weights", "random, imagenet,x.pt"])
     assert args.weights == ["random", "imagenet", "x.pt"]
-    assert args.method == ["padim"] and args.resize == 256 and args.crop == 224 and args.layout == "auto"
-    assert args.categories is None and args.panels == 4 and not args.no_resume
+    settings, options = _benchmark_settings(args)
+    # only what was given is set; BenchmarkConfig's defaults fill the rest
+    assert settings == {"data": ["d"], "weights": ["random", "imagenet", "x.pt"]} and options == {}
+    assert args.categories is None and args.panels is None and not args.no_resume
+
+
+def test_non_square_resize_and_no_crop():
+    from tabad.cli import _benchmark_settings
+
+    args = build_parser().parse_args(["benchmark", "--data", "a,b", "--out", "o", "--resize", "256x512",
+                                      "--crop", "none", "--layout", "btad,ksdd2"])
+    settings, _ = _benchmark_settings(args)
+    assert settings["resize"] == (256, 512) and settings["crop"] is None
+    assert settings["data"] == ["a", "b"] and settings["layout"] == ["btad", "ksdd2"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["benchmark", "--data", "d", "--out", "o", "--resize", "wide"])
+
+
+def test_config_file_settings_and_flags_win(tmp_path):
+    from tabad.cli import _benchmark_settings
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data: [x, y]\nmethod: padim,patchcore\nweights: [random]\nresize: 128x96\ncrop: null\n"
+                   "epochs: 3\npatchcore: {coreset_ratio: 0.5}\n")
+    args = build_parser().parse_args(["benchmark", "--config", str(cfg), "--out", "o", "--weights", "random:1",
+                                      "--set", "padim.n_features=all"])
+    settings, options = _benchmark_settings(args)
+    assert settings["data"] == ["x", "y"] and settings["method"] == ["padim", "patchcore"]
+    assert settings["weights"] == ["random:1"]  # the flag wins over the file
+    assert settings["resize"] == (128, 96) and settings["crop"] is None and settings["epochs"] == 3
+    assert options == {"patchcore": {"coreset_ratio": 0.5}, "padim": {"n_features": "all"}}
 
 
 # --------------------------------------------------------------------------- --set / --config

@@ -59,6 +59,8 @@ class WeightsInfo:
     sha256: str  # of the file, or of the tensors for generated weights
     path: str | None = None
     description: str = ""
+    #: for a TAB checkpoint: what it was pre-trained on (from the ``backbone.json`` beside it).
+    trained_on: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,8 +200,42 @@ def load_weights(arch: str, source: str, seed: int = 0, allow_download: bool = F
         _strict_load(model, state, str(path), arch)
         from tabad.files import sha256_file
 
-        info = WeightsInfo(label, source, arch, sha256_file(path), str(path.resolve()), "state dict file")
+        sha = sha256_file(path)
+        trained_on = pretraining_record(path, sha)
+        description = "state dict file"
+        if trained_on:
+            description = (f"TAB pre-training ({trained_on['loss']} loss, {trained_on['synthetic']} anomalies, "
+                           f"{trained_on['prompts']} prompts, text encoder {trained_on['text_encoder']}, "
+                           f"{trained_on['epochs']} epochs from {trained_on['init']}) on "
+                           f"{', '.join(trained_on['data_roots'])} [{', '.join(trained_on['categories'])}]")
+        info = WeightsInfo(label, source, arch, sha, str(path.resolve()), description, trained_on)
     return model, info
+
+
+def pretraining_record(path: Path, sha256: str) -> dict | None:
+    """What a ``tabad pretrain`` checkpoint was trained on, read from the ``.json`` beside it.
+
+    Returned only when that record describes *this* file (same sha256), so a
+    renamed or replaced checkpoint is never credited with another run's data.
+    """
+    import json
+
+    meta = Path(path).with_suffix(".json")
+    try:
+        record = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("kind") != "tab-backbone" or record.get("sha256") != sha256:
+        return None
+    init = record.get("init") or {}
+    return {
+        "record": str(meta.resolve()),
+        "data_roots": [str(Path(r).resolve()) for r in record.get("data_roots", [])],
+        "categories": list(record.get("categories", [])),
+        "text_encoder": record.get("text_encoder"), "prompts": record.get("prompts"),
+        "loss": record.get("loss"), "synthetic": record.get("synthetic"), "epochs": record.get("epochs"),
+        "init": init.get("source") if isinstance(init, dict) else init, "seed": record.get("seed"),
+    }
 
 
 class Backbone:

@@ -32,16 +32,20 @@ from tabad.files import atomic_write, atomic_write_json, atomic_write_text
 
 @dataclass
 class BenchmarkConfig:
-    data: Path
+    #: one dataset root, or several (e.g. BTAD and KSDD2 for the paper's Table 4).
+    data: Path | list[Path]
     out: Path
     methods: list[str] = field(default_factory=lambda: ["padim"])
     weights: list[str] = field(default_factory=lambda: ["random"])
     categories: list[str] | None = None
     backbone: str = "resnet18"
     seed: int = 0
-    resize: int = 256
-    crop: int = 224
-    layout: str = "auto"
+    #: S (square) or (H, W); never aspect-preserving.
+    resize: int | tuple[int, int] = 256
+    #: C, (H, W), or None for no crop (RD4AD's 256 px).
+    crop: int | tuple[int, int] | None = 224
+    #: one layout for every root, or one per root.
+    layout: str | list[str] = "auto"
     skip_bad: bool = False
     n_panels: int = 4
     save_predictions: bool = False
@@ -56,18 +60,60 @@ class BenchmarkConfig:
 
 
 def _pair_name(category: str, method: str, weights_label: str) -> str:
-    return f"{category}__{method}__{weights_label}"
+    return f"{category.replace('/', '__')}__{method}__{weights_label}"
 
 
-def _pair_key(cfg: BenchmarkConfig, category: str, method: str, weights_sha: str, n_train: int, n_test: int,
+@dataclass(frozen=True)
+class Target:
+    """One category to evaluate: where it lives and how it is named in the tables."""
+
+    root: Path
+    layout: str
+    category: str
+    dataset: str  # the root's name
+    name: str  # row label: the category, or dataset/category when several roots are evaluated
+
+
+def dataset_roots(cfg: BenchmarkConfig) -> list[tuple[Path, str]]:
+    """(root, layout) for every dataset root of the run."""
+    roots = [Path(d) for d in (cfg.data if isinstance(cfg.data, (list, tuple)) else [cfg.data])]
+    layouts = cfg.layout if isinstance(cfg.layout, (list, tuple)) else [cfg.layout] * len(roots)
+    if len(layouts) != len(roots):
+        raise TabadError(f"{len(layouts)} layouts given for {len(roots)} dataset roots; give one, or one per root")
+    return list(zip(roots, layouts))
+
+
+def list_targets(cfg: BenchmarkConfig) -> list[Target]:
+    """Every (root, category) of the run; ``cfg.categories`` filters by category name in every root."""
+    from tabad.datasets.readers import list_categories
+
+    roots = dataset_roots(cfg)
+    targets = []
+    for root, layout in roots:
+        names = list_categories(root, layout)
+        if cfg.categories:
+            names = [c for c in names if c in cfg.categories]
+        dataset = root.resolve().name
+        for c in names:
+            targets.append(Target(root, layout, c, dataset, f"{dataset}/{c}" if len(roots) > 1 else c))
+    if cfg.categories:
+        missing = sorted(set(cfg.categories) - {t.category for t in targets})
+        if missing:
+            raise TabadError(f"categories {missing} not found under {', '.join(str(r) for r, _ in roots)}")
+    if not targets:
+        raise TabadError("no categories to evaluate")
+    return targets
+
+
+def _pair_key(cfg: BenchmarkConfig, target: Target, method: str, weights_sha: str, n_train: int, n_test: int,
               panel_idx: list[int]) -> str:
     """Everything that changes a pair's numbers; a stored pair is reused only if this matches."""
     import tabad
 
     key = {
-        "data": str(Path(cfg.data).resolve()), "category": category, "method": method,
+        "data": str(target.root.resolve()), "category": target.category, "method": method,
         "options": method_options(cfg, method), "weights_sha256": weights_sha, "backbone": cfg.backbone,
-        "seed": cfg.seed, "resize": cfg.resize, "crop": cfg.crop, "layout": cfg.layout, "n_train": n_train,
+        "seed": cfg.seed, "resize": cfg.resize, "crop": cfg.crop, "layout": target.layout, "n_train": n_train,
         "n_test": n_test, "panels": panel_idx, "version": tabad.__version__,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -107,7 +153,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     from tabad.backbones import build_backbone
     from tabad.datasets.categories import category_kind
     from tabad.datasets.loader import load_split
-    from tabad.datasets.readers import list_categories, read_category
+    from tabad.datasets.readers import read_category
     from tabad.datasets.transforms import Geometry
     from tabad.methods import create_method, method_names
     from tabad.provenance import environment
@@ -122,7 +168,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     device = _resolve_device(cfg.device)
     geometry = Geometry(cfg.resize, cfg.crop)
 
-    categories = cfg.categories or list_categories(cfg.data, cfg.layout)
+    targets = list_targets(cfg)
     # Load every weights source up front: a bad path fails in seconds, not after an hour.
     backbones = {}
     for source in cfg.weights:
@@ -133,15 +179,17 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
 
     results: list[dict] = []
     datasets_info: dict[str, dict] = {}
-    total = len(categories) * len(cfg.methods) * len(cfg.weights)
+    total = len(targets) * len(cfg.methods) * len(cfg.weights)
     bar = tqdm(total=total, desc="benchmark", unit="pair", disable=not cfg.progress)
-    for category in categories:
-        data = read_category(cfg.data, category, layout=cfg.layout, skip_bad=cfg.skip_bad)
+    for target in targets:
+        category = target.name
+        data = read_category(target.root, target.category, layout=target.layout, skip_bad=cfg.skip_bad)
         if not data.test:
             raise TabadError(f"{category}: no test images to score (layout {data.layout!r}; a 'folders' "
                              "collection of normal images is for `tabad pretrain`, not for the benchmark)")
-        kind = category_kind(cfg.data, category)
+        kind = category_kind(target.root, target.category)
         datasets_info[category] = {
+            "dataset": target.dataset, "root": str(target.root.resolve()), "category": target.category,
             "layout": data.layout, "kind": kind, "n_train": len(data.train), "n_test": len(data.test),
             "n_test_anomalous": data.n_test_anomalous, "has_masks": data.has_masks,
             "skipped": [[str(p), why] for p, why in data.skipped],
@@ -152,7 +200,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
             panel_maps, panel_titles, panel_ranges = [], [], []
             for source, bb in backbones.items():
                 name = _pair_name(category, method, bb.info.label)
-                key = _pair_key(cfg, category, method, bb.info.sha256, len(data.train), len(data.test), panel_idx)
+                key = _pair_key(cfg, target, method, bb.info.sha256, len(data.train), len(data.test), panel_idx)
                 pair_json, pair_npz = pairs_dir / f"{name}.json", pairs_dir / f"{name}.panel.npz"
                 stored = _load_pair(pair_json, pair_npz, key) if cfg.resume else None
                 if stored is not None:
@@ -168,6 +216,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
                     checkpoint = pairs_dir / f"{name}.train.pt"
                     result, pmaps, preds = _run_pair(cfg, method, bb, train, test, data, kind, panel_idx, device,
                                                      create_method, metrics, checkpoint, key)
+                    result.update(category=category, dataset=target.dataset)
                     result["key"] = key
                     save_npz(pair_npz, maps=pmaps)
                     if cfg.save_predictions:
@@ -185,13 +234,14 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
                 imgs = test.images[panel_idx].permute(0, 2, 3, 1).numpy()
                 masks = test.masks[panel_idx].numpy()
                 rows = [f"{data.test[i].defect_type}/{data.test[i].image_path.name}" for i in panel_idx]
-                heatmap_panel(out / "panels" / f"{category}__{method}.png", imgs, panel_maps,
+                heatmap_panel(out / "panels" / f"{category.replace('/', '__')}__{method}.png", imgs, panel_maps,
                               [f"{method} / {t}" for t in panel_titles], masks, rows, panel_ranges)
     bar.close()
 
     provenance = {
         "environment": environment(),
-        "data_root": str(Path(cfg.data).resolve()),
+        "data_root": ", ".join(str(r.resolve()) for r, _ in dataset_roots(cfg)),
+        "data_roots": [str(r.resolve()) for r, _ in dataset_roots(cfg)],
         "categories": datasets_info,
         "methods": {m: method_options(cfg, m) for m in cfg.methods},
         "method_configs": {r["method"]: r["config"] for r in results},
@@ -202,7 +252,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
         "crop": cfg.crop,
         "image_size": list(geometry.output_size),
         "layout": cfg.layout,
-        "text_encoder": None,
+        "text_encoder": None,  # the text encoder is dropped after pre-training; see each weights' trained_on
         "device": str(device),
     }
     report = {"provenance": provenance, "results": results}

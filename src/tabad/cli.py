@@ -30,6 +30,20 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _size(value: str):
+    """'256' -> 256 (square); '256x512' -> (256, 512) as (H, W); 'none' stays 'none' (no crop)."""
+    v = value.strip().lower()
+    if v in ("none", "0"):
+        return "none"
+    try:
+        if "x" in v:
+            h, w = (int(x) for x in v.split("x"))
+            return (h, w)
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected S, HxW or none, got {value!r}") from None
+
+
 def _parse_sets(items: list[str] | None) -> dict[str, dict]:
     """``method.key=value`` (YAML-parsed value) -> {method: {key: value}}."""
     import yaml
@@ -59,13 +73,15 @@ def _parse_options(items: list[str] | None) -> dict:
     return out
 
 
-def _load_config_file(path: str | None) -> dict[str, dict]:
-    """A YAML file ``{method: {key: value}}`` of method hyperparameters."""
+def _load_config_file(path: str | None, skip=()) -> dict[str, dict]:
+    """A YAML file ``{method: {key: value}}`` of method hyperparameters (keys in ``skip`` ignored)."""
     if not path:
         return {}
     import yaml
 
     data = yaml.safe_load(Path(path).read_text()) or {}
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in skip}
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise SystemExit(f"error: {path}: expected a mapping of method name -> options")
     return {m: {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()} for m, opts in data.items()}
@@ -93,20 +109,28 @@ layouts (auto-detected, or force with --layout):
 A rerun with the same --out reuses finished pairs (use --no-resume to recompute).
 """,
     )
-    p.add_argument("--data", required=True, type=Path, help="dataset root")
+    p.add_argument("--data", type=_csv, default=None,
+                   help="dataset root; several comma-separated roots go into one table (e.g. BTAD,KSDD2)")
     p.add_argument("--categories", type=_csv, default=None, help="comma-separated subset (default: all)")
-    p.add_argument("--method", type=_csv, default=["padim"], help="comma-separated methods (default: padim)")
-    p.add_argument("--weights", type=_csv, default=["random"],
-                   help="comma-separated weights sources: random, random:SEED, imagenet, or a state-dict path")
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "wide_resnet50_2"])
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and method randomness")
-    p.add_argument("--resize", type=int, default=256, help="resize images to S×S (default 256)")
-    p.add_argument("--crop", type=int, default=224, help="then centre-crop to C×C (default 224)")
-    p.add_argument("--layout", default="auto", choices=["auto", *LAYOUT_CHOICES])
+    p.add_argument("--method", type=_csv, default=None,
+                   help="comma-separated methods: padim, patchcore, rd4ad, simplenet (default: padim)")
+    p.add_argument("--weights", type=_csv, default=None,
+                   help="comma-separated weights sources: random, random:SEED, imagenet, or a state-dict path "
+                        "(default: random)")
+    p.add_argument("--backbone", default=None, choices=["resnet18", "wide_resnet50_2"], help="default resnet18")
+    p.add_argument("--seed", type=int, default=None, help="seed for random weights and method randomness (default 0)")
+    p.add_argument("--resize", type=_size, default=None,
+                   help="resize images to S×S, or to HxW for non-square data, e.g. 256x512 (default 256)")
+    p.add_argument("--crop", type=_size, default=None,
+                   help="then centre-crop to C×C or HxW; 'none' keeps the resized image (default 224)")
+    p.add_argument("--layout", type=_csv, default=None,
+                   help=f"auto (default) or one of {', '.join(LAYOUT_CHOICES)}; one per --data root if several")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images and bad masks with a warning listing each file, instead of stopping")
-    p.add_argument("--panels", type=int, default=4, help="test images per category in the heat-map panels")
-    p.add_argument("--config", help="YAML file of method options: {padim: {n_features: all}}")
+    p.add_argument("--panels", type=int, default=None, help="test images per category in the heat-map panels (default 4)")
+    p.add_argument("--config",
+                   help="YAML file: run settings (data, method, weights, resize, crop, ...) and/or method options "
+                        "{padim: {n_features: all}}; see configs/. Command-line flags win")
     p.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE",
                    help="override one method option, e.g. --set padim.n_features=all (repeatable)")
     p.add_argument("--epochs", type=int, default=None,
@@ -120,18 +144,56 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
     p.set_defaults(func=cmd_benchmark)
 
 
+#: run settings a --config file may hold (its other top-level keys are method names).
+BENCHMARK_SETTINGS = {"data", "categories", "method", "weights", "backbone", "seed", "resize", "crop", "layout",
+                      "epochs", "title", "panels"}
+
+
+def _benchmark_settings(args) -> tuple[dict, dict[str, dict]]:
+    """Settings and method options from --config, overridden by flags given on the command line."""
+    settings, options = {}, {}
+    if args.config:
+        import yaml
+
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(data, dict):
+            raise SystemExit(f"error: {args.config}: expected a mapping")
+        settings = {k: v for k, v in data.items() if k in BENCHMARK_SETTINGS}
+        options = _load_config_file(args.config, skip=BENCHMARK_SETTINGS)
+        for key in ("data", "categories", "method", "weights", "layout"):
+            if isinstance(settings.get(key), str):
+                settings[key] = _csv(settings[key])
+        for key in ("resize", "crop"):
+            if isinstance(settings.get(key), (str, list)):
+                v = settings[key]
+                settings[key] = _size(v) if isinstance(v, str) else tuple(v)
+    for method, opts in _parse_sets(args.set).items():
+        options.setdefault(method, {}).update(opts)
+    for key in BENCHMARK_SETTINGS - {"title"}:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    if settings.get("crop") == "none":
+        settings["crop"] = None
+    return settings, options
+
+
 def cmd_benchmark(args) -> int:
     from tabad.benchmark import BenchmarkConfig, run_benchmark
 
-    options = _load_config_file(args.config)
-    for method, opts in _parse_sets(args.set).items():
-        options.setdefault(method, {}).update(opts)
+    settings, options = _benchmark_settings(args)
+    if not settings.get("data"):
+        raise SystemExit("error: benchmark needs --data ROOT (or `data:` in --config)")
+    layout = settings.get("layout") or ["auto"]
     cfg = BenchmarkConfig(
-        data=args.data, out=args.out, methods=args.method, weights=args.weights, categories=args.categories,
-        backbone=args.backbone, seed=args.seed, resize=args.resize, crop=args.crop, layout=args.layout,
-        skip_bad=args.skip_bad, n_panels=args.panels, save_predictions=args.save_predictions,
-        method_options=options, epochs=args.epochs, allow_download=args.allow_download, resume=not args.no_resume,
-        device=args.device,
+        data=[Path(d) for d in settings["data"]], out=args.out, methods=settings.get("method") or ["padim"],
+        weights=settings.get("weights") or ["random"], categories=settings.get("categories"),
+        backbone=settings.get("backbone", "resnet18"), seed=settings.get("seed", 0),
+        resize=settings.get("resize", 256), crop=settings.get("crop", 224),
+        layout=layout[0] if len(layout) == 1 else layout, skip_bad=args.skip_bad,
+        n_panels=settings.get("panels", 4), save_predictions=args.save_predictions, method_options=options,
+        epochs=settings.get("epochs"), allow_download=args.allow_download, resume=not args.no_resume,
+        device=args.device, title=settings.get("title", "tabad benchmark"),
     )
     report = run_benchmark(cfg)
     print((args.out / "results.md").read_text())

@@ -128,8 +128,9 @@ def _test_images(prov: dict, max_per_category: int, seed: int):
     geometry = Geometry(prov["resize"], prov["crop"])
     images, cats, labels, files = [], [], [], []
     for category, info in prov["categories"].items():
-        data = read_category(prov["data_root"], category, layout=info.get("layout", "auto"),
-                             skip_bad=bool(info.get("skipped")))
+        # results written before multi-root runs carry only data_root and the category name
+        data = read_category(info.get("root", prov["data_root"]), info.get("category", category),
+                             layout=info.get("layout", "auto"), skip_bad=bool(info.get("skipped")))
         samples = list(data.test)
         if max_per_category and len(samples) > max_per_category:
             keep = np.sort(np.random.default_rng([seed, len(cats)]).choice(len(samples), max_per_category,

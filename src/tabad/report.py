@@ -67,16 +67,34 @@ def metric_table(results: Sequence[dict], metric: str) -> str:
         r = by_key.get((c, *col))
         return None if r is None else r.get(metric)
 
+    datasets: dict[str, str] = {}
+    for r in results:
+        datasets.setdefault(r["category"], r.get("dataset", ""))
+    if len(set(datasets.values())) > 1:
+        # Several datasets in one table (paper Table 4): rows grouped and averaged per dataset.
+        names = list(dict.fromkeys(datasets[c] for c in cats))
+        cats = sorted(cats, key=lambda c: (names.index(datasets[c]), c))
+        groups = [(f"{d} Avg.", [c for c in cats if datasets[c] == d]) for d in names]
+        groups = [g for g in groups if len(g[1]) > 1] + [("Overall Avg.", cats)]
+    else:
+        groups = [("Texture Avg.", [c for c in cats if kinds[c] == "texture"]),
+                  ("Object Avg.", [c for c in cats if kinds[c] == "object"]),
+                  ("Overall Avg.", cats)]
     for c in cats:
         lines.append(f"| {c} | " + " | ".join(_fmt(value(c, col)) for col in cols) + " |")
-    groups = [("Texture Avg.", [c for c in cats if kinds[c] == "texture"]),
-              ("Object Avg.", [c for c in cats if kinds[c] == "object"]),
-              ("Overall Avg.", cats)]
     for name, members in groups:
         if not members or (name == "Overall Avg." and len(cats) < 2):
             continue
         lines.append(f"| **{name}** | " + " | ".join(_fmt(_mean([value(c, col) for c in members])) for col in cols) + " |")
     return "\n".join(lines)
+
+
+def _size_text(size) -> str:
+    """256 -> '256×256'; [256, 512] -> '256×512' (H×W)."""
+    if size is None:
+        return "?"
+    h, w = (size, size) if isinstance(size, int) else size
+    return f"{h}×{w}"
 
 
 def markdown_report(results: Sequence[dict], provenance: dict, metrics: Sequence[str] = tuple(METRICS),
@@ -86,11 +104,21 @@ def markdown_report(results: Sequence[dict], provenance: dict, metrics: Sequence
     parts.append(f"tabad {env.get('tabad_version', '?')}, torch {env.get('torch', '?')}, "
                  f"{env.get('date', '')}. Data: `{provenance.get('data_root', '?')}`; "
                  f"backbone {provenance.get('backbone', '?')}; seed {provenance.get('seed', '?')}; "
-                 f"images resized to {provenance.get('resize')} and centre-cropped to {provenance.get('crop')}.")
+                 f"images resized to {_size_text(provenance.get('resize'))}"
+                 + (f" and centre-cropped to {_size_text(provenance.get('crop'))}." if provenance.get("crop") else
+                    ", no crop."))
     parts.append("")
     parts.append("Weights sources:")
+    evaluated = set(provenance.get("data_roots") or [provenance.get("data_root")])
     for w in provenance.get("weights", []):
-        parts.append(f"- `{w['label']}`: {w['description']} (sha256 `{w['sha256'][:16]}…`)")
+        line = f"- `{w['label']}`: {w['description']} (sha256 `{w['sha256'][:16]}…`)"
+        trained = (w.get("trained_on") or {}).get("data_roots")
+        if trained:
+            same = set(trained) & evaluated
+            line += (f". **Cross-dataset**: pre-trained on {', '.join(f'`{r}`' for r in trained)}, "
+                     f"evaluated on {', '.join(f'`{r}`' for r in sorted(evaluated))}" if not same else
+                     ". Pre-trained on the evaluation data's own training images")
+        parts.append(line)
     parts.append("")
     parts.append("Values are percentages; – marks a metric that does not exist for that category "
                  "(no pixel masks, or a single class in the test set).")
