@@ -95,8 +95,9 @@ def fake_text(monkeypatch):
     monkeypatch.setattr(enc, "get_text_encoder", lambda *a, **k: FakeEncoder())
 
 
-def score_tiny_obj(method: str, backbone, root: Path, size: tuple[int, int] = (64, 56)):
-    """Fit ``method`` on the tiny ``obj`` category and score its test set: (test split, scores, maps)."""
+def score_tiny_obj(method: str, backbone, root: Path, size: tuple[int, int] = (64, 56), overrides: dict | None = None):
+    """Fit ``method`` (config ``overrides``) on the tiny ``obj`` category and score its test set:
+    (test split, scores, maps)."""
     from tabad.datasets.loader import load_split
     from tabad.datasets.readers import read_category
     from tabad.datasets.transforms import Geometry
@@ -105,6 +106,6 @@ def score_tiny_obj(method: str, backbone, root: Path, size: tuple[int, int] = (6
     cat = read_category(root, "obj")
     geometry = Geometry(*size)
     train, test = load_split(cat.train, geometry), load_split(cat.test, geometry)
-    model = create_method(method, backbone).fit(train.batches(4))
+    model = create_method(method, backbone, overrides).fit(train.batches(4))
     scores, maps = model.predict(next(iter(test.batches(32))))
     return test, scores.numpy(), maps

@@ -349,3 +349,16 @@ def test_cross_dataset_weights_are_named(tiny_mvtec, tmp_path):
     (other / "backbone.json").write_text(json.dumps(record))
     report = run_benchmark(_cfg(tiny_mvtec, tmp_path / "out2", weights=[str(other / "backbone.pt")]), log=_quiet)
     assert report["provenance"]["weights"][0]["trained_on"] is None
+
+
+def test_paper_geometry_per_method(tiny_mvtec, tmp_path, monkeypatch):
+    """geometry="paper": each method is fed its reference input size; the splits are decoded per geometry."""
+    import tabad.benchmark as bm
+
+    monkeypatch.setitem(bm.PAPER_GEOMETRY, "padim", (48, None))
+    monkeypatch.setitem(bm.PAPER_GEOMETRY, "patchcore", (40, 32))
+    report = run_benchmark(_cfg(tiny_mvtec, tmp_path / "out", methods=["padim", "patchcore"], geometry="paper"),
+                           log=_quiet)
+    sizes = {r["method"]: r["image_size"] for r in report["results"]}
+    assert sizes == {"padim": [48, 48], "patchcore": [32, 32]}
+    assert report["provenance"]["method_geometry"]["padim"] == {"resize": 48, "crop": None}

@@ -44,6 +44,8 @@ class BenchmarkConfig:
     resize: int | tuple[int, int] = 256
     #: C, (H, W), or None for no crop (RD4AD's 256 px).
     crop: int | tuple[int, int] | None = 224
+    #: "shared": every method sees resize/crop; "paper": each method its paper's geometry (PAPER_GEOMETRY).
+    geometry: str = "shared"
     #: one layout for every root, or one per root.
     layout: str | list[str] = "auto"
     skip_bad: bool = False
@@ -57,6 +59,23 @@ class BenchmarkConfig:
     progress: bool = True
     device: str = "auto"
     title: str = "tabad benchmark"
+
+
+#: Input geometry (resize, crop) of each method's reference run (methods.md §1-§5), for
+#: ``geometry="paper"``. SimpleNet's official run.sh uses 329 -> 288 (with WideResNet50).
+PAPER_GEOMETRY: dict[str, tuple[int, int | None]] = {
+    "padim": (256, 224), "patchcore": (256, 224), "rd4ad": (256, None), "simplenet": (329, 288),
+}
+
+
+def method_geometry(cfg: "BenchmarkConfig", method: str):
+    from tabad.datasets.transforms import Geometry
+
+    if cfg.geometry == "paper" and method in PAPER_GEOMETRY:
+        return Geometry(*PAPER_GEOMETRY[method])
+    if cfg.geometry not in ("shared", "paper"):
+        raise TabadError(f"geometry={cfg.geometry!r}; choose 'shared' or 'paper'")
+    return Geometry(cfg.resize, cfg.crop)
 
 
 def _pair_name(category: str, method: str, weights_label: str) -> str:
@@ -113,7 +132,7 @@ def _pair_key(cfg: BenchmarkConfig, target: Target, method: str, weights_sha: st
     key = {
         "data": str(target.root.resolve()), "category": target.category, "method": method,
         "options": method_options(cfg, method), "weights_sha256": weights_sha, "backbone": cfg.backbone,
-        "seed": cfg.seed, "resize": cfg.resize, "crop": cfg.crop, "layout": target.layout, "n_train": n_train,
+        "seed": cfg.seed, "geometry": repr(method_geometry(cfg, method)), "layout": target.layout, "n_train": n_train,
         "n_test": n_test, "panels": panel_idx, "version": tabad.__version__,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -166,8 +185,6 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     pairs_dir = out / "pairs"
     pairs_dir.mkdir(parents=True, exist_ok=True)
     device = _resolve_device(cfg.device)
-    geometry = Geometry(cfg.resize, cfg.crop)
-
     targets = list_targets(cfg)
     # Load every weights source up front: a bad path fails in seconds, not after an hour.
     backbones = {}
@@ -194,9 +211,23 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
             "n_test_anomalous": data.n_test_anomalous, "has_masks": data.has_masks,
             "skipped": [[str(p), why] for p, why in data.skipped],
         }
-        train = test = None  # decoded lazily: a fully resumed category needs no pixels
+        splits: dict = {}  # geometry -> (train, test), decoded lazily: a fully resumed category needs no pixels
+
+        def decoded(geometry, need_train=True):
+            if geometry not in splits or (need_train and splits[geometry][0] is None):
+                t0 = time.perf_counter()
+                train = load_split(data.train, geometry, progress=cfg.progress, desc=f"{category} train") \
+                    if need_train else None
+                test = splits[geometry][1] if geometry in splits else \
+                    load_split(data.test, geometry, progress=cfg.progress, desc=f"{category} test")
+                splits[geometry] = (train, test)
+                datasets_info[category].setdefault("load_seconds", 0.0)
+                datasets_info[category]["load_seconds"] += round(time.perf_counter() - t0, 3)
+            return splits[geometry]
+
         panel_idx = select_panel_indices(data.test, cfg.n_panels)
         for method in cfg.methods:
+            geometry = method_geometry(cfg, method)
             panel_maps, panel_titles, panel_ranges = [], [], []
             for source, bb in backbones.items():
                 name = _pair_name(category, method, bb.info.label)
@@ -208,11 +239,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
                     bar.set_postfix_str(f"{category}/{bb.info.label} (reused)")
                 else:
                     bar.set_postfix_str(f"{category}/{method}/{bb.info.label}")
-                    if train is None:
-                        t0 = time.perf_counter()
-                        train = load_split(data.train, geometry, progress=cfg.progress, desc=f"{category} train")
-                        test = load_split(data.test, geometry, progress=cfg.progress, desc=f"{category} test")
-                        datasets_info[category]["load_seconds"] = round(time.perf_counter() - t0, 3)
+                    train, test = decoded(geometry)
                     checkpoint = pairs_dir / f"{name}.train.pt"
                     result, pmaps, preds = _run_pair(cfg, method, bb, train, test, data, kind, panel_idx, device,
                                                      create_method, metrics, checkpoint, key)
@@ -229,8 +256,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
                 panel_ranges.append((result["map_min"], result["map_max"]))
                 bar.update()
             if panel_idx:
-                if test is None:
-                    test = load_split(data.test, geometry)
+                test = decoded(geometry, need_train=False)[1]
                 imgs = test.images[panel_idx].permute(0, 2, 3, 1).numpy()
                 masks = test.masks[panel_idx].numpy()
                 rows = [f"{data.test[i].defect_type}/{data.test[i].image_path.name}" for i in panel_idx]
@@ -250,7 +276,10 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
         "seed": cfg.seed,
         "resize": cfg.resize,
         "crop": cfg.crop,
-        "image_size": list(geometry.output_size),
+        "geometry": cfg.geometry,
+        "method_geometry": {m: {"resize": method_geometry(cfg, m).resize, "crop": method_geometry(cfg, m).crop}
+                            for m in cfg.methods},
+        "image_size": list(Geometry(cfg.resize, cfg.crop).output_size),
         "layout": cfg.layout,
         "text_encoder": None,  # the text encoder is dropped after pre-training; see each weights' trained_on
         "device": str(device),
@@ -342,6 +371,8 @@ def _run_pair(cfg, method_name, bb, train, test, data, kind, panel_idx, device, 
     }
     if train_log:
         result["train_log"] = train_log
+    if hasattr(model, "summary"):  # e.g. PatchCore's memory-bank size
+        result["model"] = model.summary()
     preds = {"scores": scores_np, "maps": maps_np, "labels": test.labels,
              "masks": test.masks.numpy(), "files": np.array([str(s.image_path) for s in data.test])}
     return result, maps_np[panel_idx].astype(np.float16), preds

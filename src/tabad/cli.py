@@ -16,6 +16,9 @@ examples:
   tabad make-data data/procedural --seed 0     # write the procedural MVTec-layout dataset
   tabad benchmark --data ../shared/data/mvtec3d --method padim \\
       --weights random,imagenet,runs/tab/backbone.pt --out runs/bench
+  tabad make-wafers /tmp/wafers.npz --seed 0   # procedural wafer maps in MixedWM38's .npz format
+  tabad classify --data /tmp/wafers.npz --weights random:0,random:1 --out /tmp/cls
+                                               # linear probe and fine-tune per weights source (Table 3)
 
 weights sources: random | random:SEED | imagenet | PATH to a torchvision state dict (e.g. a TAB checkpoint)
 """
@@ -123,6 +126,9 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
                    help="resize images to S×S, or to HxW for non-square data, e.g. 256x512 (default 256)")
     p.add_argument("--crop", type=_size, default=None,
                    help="then centre-crop to C×C or HxW; 'none' keeps the resized image (default 224)")
+    p.add_argument("--geometry", choices=["shared", "paper"], default=None,
+                   help="shared (default): every method gets --resize/--crop; paper: each method its reference "
+                        "input (PaDiM/PatchCore 256->224, RD4AD 256 no crop, SimpleNet 329->288)")
     p.add_argument("--layout", type=_csv, default=None,
                    help=f"auto (default) or one of {', '.join(LAYOUT_CHOICES)}; one per --data root if several")
     p.add_argument("--skip-bad", action="store_true",
@@ -146,7 +152,7 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
 
 #: run settings a --config file may hold (its other top-level keys are method names).
 BENCHMARK_SETTINGS = {"data", "categories", "method", "weights", "backbone", "seed", "resize", "crop", "layout",
-                      "epochs", "title", "panels"}
+                      "epochs", "title", "panels", "geometry"}
 
 
 def _benchmark_settings(args) -> tuple[dict, dict[str, dict]]:
@@ -193,7 +199,7 @@ def cmd_benchmark(args) -> int:
         layout=layout[0] if len(layout) == 1 else layout, skip_bad=args.skip_bad,
         n_panels=settings.get("panels", 4), save_predictions=args.save_predictions, method_options=options,
         epochs=settings.get("epochs"), allow_download=args.allow_download, resume=not args.no_resume,
-        device=args.device, title=settings.get("title", "tabad benchmark"),
+        device=args.device, title=settings.get("title", "tabad benchmark"), geometry=settings.get("geometry", "shared"),
     )
     report = run_benchmark(cfg)
     print((args.out / "results.md").read_text())
@@ -410,6 +416,118 @@ def cmd_figures(args) -> int:
     return 0
 
 
+def _add_make_wafers(sub) -> None:
+    p = sub.add_parser(
+        "make-wafers",
+        help="write procedural wafer maps in MixedWM38's .npz format (offline, deterministic)",
+        description="Generate wafer maps of all 38 MixedWM38 classes (normal, the 8 basic patterns Center, Donut, "
+                    "Edge-Loc, Edge-Ring, Loc, Near-full, Scratch, Random, and their 29 mixtures) into one .npz "
+                    "with arr_0 = maps (N, S, S; 0 no die, 1 normal die, 2 defective die) and arr_1 = multi-hot "
+                    "labels (N, 8), exactly like Wafer_Map_Datasets.npz. Same seed, same bytes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""\
+examples:
+  tabad make-wafers /tmp/wafers.npz --seed 0                # 38 classes x 30 maps, 52 x 52 (seconds)
+  tabad classify --data /tmp/wafers.npz --weights random:0,random:1 --out /tmp/cls
+OUT may be a folder: the file is then OUT/Wafer_Map_Datasets.npz.
+""",
+    )
+    p.add_argument("out", type=Path, help="output .npz file (or folder)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-per-class", type=int, default=30, help="maps per class (default 30, so 1,140 maps)")
+    p.add_argument("--size", type=int, default=52, help="map side in dies (default 52, as MixedWM38)")
+    p.set_defaults(func=cmd_make_wafers)
+
+
+def cmd_make_wafers(args) -> int:
+    from tabad.datasets.wafers import MIXEDWM38_CLASSES, make_wafers
+
+    path = make_wafers(args.out, n_per_class=args.n_per_class, size=args.size, seed=args.seed)
+    n = len(MIXEDWM38_CLASSES) * args.n_per_class
+    print(f"wrote {path}: {n} maps of {args.size}x{args.size} ({len(MIXEDWM38_CLASSES)} classes x "
+          f"{args.n_per_class}), seed {args.seed}")
+    return 0
+
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser(
+        "classify",
+        help="defect classification: linear probe and fine-tuning per weights source (paper Table 3)",
+        description="Train a classifier on top of each weights source, twice: a linear layer on the frozen "
+                    "backbone (linear probe) and the whole backbone with the linear layer (fine-tune); split the "
+                    "data 8:2 (stratified, seeded) and report accuracy, precision, recall and F1 of the model "
+                    "after the last epoch on the test split, as in the TAB paper's MixedWM38 experiment.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""\
+data:
+  a MixedWM38 .npz (arr_0 maps, arr_1 labels) or a folder holding Wafer_Map_Datasets.npz:
+      multi-label over the 8 patterns (sigmoid > 0.5); accuracy = all 8 labels right,
+      precision/recall/F1 = macro over the patterns, plus a per-pattern table
+  a folder of class folders, ROOT/<class>/*.png:
+      single-label (softmax); accuracy and macro precision/recall/F1 over the classes
+
+defaults: ResNet18, input 64x64 (wafer maps: grey 0/127/255, nearest resize), Adam, batch 32,
+cosine lr decay; linear probe 100 epochs at lr 1e-3 on cached pooled layer4 features;
+fine-tune 15 epochs at lr 1e-3; random flips / 90-degree rotations of training images
+(--no-augment to turn off). Results are never selected on the test split; use --validation
+to tune epochs or lr on a split of the training portion instead.
+
+examples:
+  tabad make-wafers /tmp/wafers.npz --seed 0
+  tabad classify --data /tmp/wafers.npz --weights random:0,random:1 --out /tmp/cls
+  tabad classify --data Wafer_Map_Datasets.npz --weights imagenet,runs/tab/backbone.pt \\
+      --image-size 224 --max-samples 8000 --device cuda --out runs/wafers
+a rerun with the same --out reuses finished results and continues an interrupted fine-tune.
+""",
+    )
+    p.add_argument("--data", required=True, type=Path, help="wafer .npz, folder with Wafer_Map_Datasets.npz, "
+                                                            "or folder of class folders")
+    p.add_argument("--weights", type=_csv, default=["random"],
+                   help="comma-separated weights sources: random, random:SEED, imagenet, or a state-dict path")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--modes", type=_csv, default=None,
+                   help="linear-probe, fine-tune or both comma-separated (default both)")
+    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "wide_resnet50_2"])
+    p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default 15)")
+    p.add_argument("--probe-epochs", type=int, default=None,
+                   help="linear-probe epochs (default 100; cheap: features are computed once)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default 1e-3)")
+    p.add_argument("--probe-lr", type=float, default=None, help="linear-probe learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 32")
+    p.add_argument("--image-size", type=int, default=None, help="network input side (default 64; >= 32)")
+    p.add_argument("--schedule", default=None, choices=["cosine", "constant"], help="lr schedule (default cosine)")
+    p.add_argument("--no-augment", action="store_true", help="no random flips / rotations of training images")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="use a stratified subset of this many samples (e.g. for the full MixedWM38 on a CPU)")
+    p.add_argument("--validation", action="store_true",
+                   help="evaluate on a validation split of the training portion (for tuning; the test split is unused)")
+    p.add_argument("--seed", type=int, default=0, help="split, head initialisation, shuffling, random weights")
+    p.add_argument("--allow-download", action="store_true", help="let torchvision download missing ImageNet weights")
+    p.add_argument("--no-resume", action="store_true", help="recompute results already finished in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_classify)
+
+
+def cmd_classify(args) -> int:
+    from tabad.classify import ClassifyConfig, run_classify
+
+    optional = dict(modes=args.modes, epochs=args.epochs, probe_epochs=args.probe_epochs, lr=args.lr,
+                    probe_lr=args.probe_lr, batch_size=args.batch_size, image_size=args.image_size,
+                    schedule=args.schedule)
+    cfg = ClassifyConfig(
+        data=args.data, out=args.out, weights=args.weights, backbone=args.backbone, seed=args.seed,
+        augment=not args.no_augment, max_samples=args.max_samples,
+        evaluate="validation" if args.validation else "test", allow_download=args.allow_download,
+        resume=not args.no_resume, progress=not args.no_progress, device=args.device,
+        **{k: v for k, v in optional.items() if v is not None},
+    )
+    report = run_classify(cfg)
+    print((args.out / "results.md").read_text())
+    print(f"report: {args.out / 'results.md'} (also results.json, results.csv, per_class.csv)")
+    return 0 if report["results"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     import tabad
 
@@ -428,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_synth_preview(sub)
     _add_figures(sub)
+    _add_make_wafers(sub)
+    _add_classify(sub)
     return parser
 
 

@@ -134,6 +134,45 @@ class PatchCoreConfig:
             bad(f"sigma={self.sigma!r} must be >= 0")
 
 
+# --------------------------------------------------------------------------- features (paper §3.1)
+
+
+def aggregate_patches(feats: dict[str, torch.Tensor], layers, patch_size: int = 3, aggregation: str = "official",
+                      embed_dim: int = 1024) -> torch.Tensor:
+    """Backbone maps ``{layer: (B, C, h, w)}`` -> (B, D, h, w) locally aware patch features.
+
+    Every layer is aggregated over its ``patch_size``² neighbourhood and brought
+    onto the grid of ``layers[0]`` (module docstring: ``"avgpool"`` concatenates
+    384 / 1536 channels, ``"official"`` pools to ``embed_dim``). Shared with
+    SimpleNet, whose feature extractor is this "official" pipeline (methods.md §3).
+    Computed in float32 whatever the dtype of ``feats``.
+    """
+    size = feats[layers[0]].shape[-2:]
+    p = patch_size
+    parts = []
+    for name in layers:
+        f = feats[name].float().contiguous()
+        b, c, h, w = f.shape
+        if aggregation == "avgpool":
+            # anomalib: AvgPool2d(3, 1, 1), zero padding counted (count_include_pad=True).
+            f = F.avg_pool2d(f, p, stride=1, padding=p // 2)
+        else:
+            # official: unfold (C, p, p) per position, flatten channel-major, pool to embed_dim.
+            u = F.unfold(f, kernel_size=p, padding=p // 2).transpose(1, 2)  # (B, h·w, C·p²)
+            u = F.adaptive_avg_pool1d(u.reshape(b * h * w, 1, c * p * p), embed_dim)
+            f = u.reshape(b, h, w, embed_dim).permute(0, 3, 1, 2)
+        if f.shape[-2:] != size:
+            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        parts.append(f)
+    if aggregation == "avgpool":
+        return torch.cat(parts, dim=1)
+    b, _, h, w = parts[0].shape
+    # (B, h, w, L, D): the layer vectors one after the other, as the official Aggregator flattens them.
+    stacked = torch.stack(parts, dim=1).permute(0, 3, 4, 1, 2)
+    pooled = F.adaptive_avg_pool1d(stacked.reshape(b * h * w, 1, -1), embed_dim)
+    return pooled.reshape(b, h, w, embed_dim).permute(0, 3, 1, 2)
+
+
 # --------------------------------------------------------------------------- coreset (paper §3.2)
 
 
@@ -281,6 +320,10 @@ class PatchCore(nn.Module):
     def is_fitted(self) -> bool:
         return self.memory_bank.numel() > 0
 
+    def summary(self) -> dict:
+        """Recorded with each benchmark result."""
+        return {"memory_bank": list(self.memory_bank.shape), "n_training_patches": getattr(self, "n_patches", None)}
+
     @property
     def embed_dim(self) -> int:
         """Dimension D of the patch features."""
@@ -291,31 +334,8 @@ class PatchCore(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D, h, w) locally aware patch features on the first layer's grid (§3.1)."""
         cfg = self.config
-        feats = self.backbone(x, cfg.layers)
-        size = feats[cfg.layers[0]].shape[-2:]
-        p = cfg.patch_size
-        parts = []
-        for name in cfg.layers:
-            f = feats[name].float().contiguous()
-            b, c, h, w = f.shape
-            if cfg.aggregation == "avgpool":
-                # anomalib: AvgPool2d(3, 1, 1), zero padding counted (count_include_pad=True).
-                f = F.avg_pool2d(f, p, stride=1, padding=p // 2)
-            else:
-                # official: unfold (C, p, p) per position, flatten channel-major, pool to embed_dim.
-                u = F.unfold(f, kernel_size=p, padding=p // 2).transpose(1, 2)  # (B, h·w, C·p²)
-                u = F.adaptive_avg_pool1d(u.reshape(b * h * w, 1, c * p * p), cfg.embed_dim)
-                f = u.reshape(b, h, w, cfg.embed_dim).permute(0, 3, 1, 2)
-            if f.shape[-2:] != size:
-                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-            parts.append(f)
-        if cfg.aggregation == "avgpool":
-            return torch.cat(parts, dim=1)
-        b, _, h, w = parts[0].shape
-        # (B, h, w, L, D): the layer vectors one after the other, as the official Aggregator flattens them.
-        stacked = torch.stack(parts, dim=1).permute(0, 3, 4, 1, 2)
-        pooled = F.adaptive_avg_pool1d(stacked.reshape(b * h * w, 1, -1), cfg.embed_dim)
-        return pooled.reshape(b, h, w, cfg.embed_dim).permute(0, 3, 1, 2)
+        return aggregate_patches(self.backbone(x, cfg.layers), cfg.layers, cfg.patch_size, cfg.aggregation,
+                                 cfg.embed_dim)
 
     @staticmethod
     def _rows(e: torch.Tensor) -> torch.Tensor:
@@ -333,6 +353,7 @@ class PatchCore(nn.Module):
         if not chunks:
             raise TabadError("PatchCore needs at least 1 training image, got 0")
         features = torch.cat(chunks)
+        self.n_patches = int(features.shape[0])
         del chunks
         device = self.memory_bank.device
         idx = coreset_indices(features, self.config, device=device)
