@@ -226,3 +226,24 @@ def test_layout_choices_match_the_readers():
     from tabad.datasets.readers import ALL_LAYOUTS
 
     assert tuple(LAYOUT_CHOICES) == tuple(ALL_LAYOUTS)
+
+
+def test_regad_is_routed_to_the_fewshot_protocol(tmp_path, monkeypatch):
+    import tabad.fewshot as fs
+
+    seen = {}
+
+    def fake_run(cfg):
+        seen["cfg"] = cfg
+        (cfg.out).mkdir(parents=True, exist_ok=True)
+        (cfg.out / "results.md").write_text("table")
+        return {}
+
+    monkeypatch.setattr(fs, "run_fewshot", fake_run)
+    assert main(["benchmark", "--data", str(tmp_path), "--method", "regad", "--shots", "2,8", "--rounds", "3",
+                 "--epochs", "1", "--set", "regad.input_normalisation=true", "--out", str(tmp_path / "o")]) == 0
+    cfg = seen["cfg"]
+    assert cfg.shots == [2, 8] and cfg.rounds == 3 and cfg.epochs == 1 and cfg.seed == 668
+    assert cfg.method_options == {"input_normalisation": True} and (cfg.resize, cfg.crop) == (224, 224)
+    with pytest.raises(SystemExit, match="on its own"):
+        main(["benchmark", "--data", str(tmp_path), "--method", "padim,regad", "--out", str(tmp_path / "o2")])

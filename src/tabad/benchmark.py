@@ -156,7 +156,7 @@ def select_panel_indices(samples, n: int) -> list[int]:
     return chosen[:n]
 
 
-def _resolve_device(name: str):
+def resolve_device(name: str):
     import torch
 
     if name == "auto":
@@ -184,7 +184,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     out = Path(cfg.out)
     pairs_dir = out / "pairs"
     pairs_dir.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     targets = list_targets(cfg)
     # Load every weights source up front: a bad path fails in seconds, not after an hour.
     backbones = {}

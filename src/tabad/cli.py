@@ -16,6 +16,7 @@ examples:
   tabad make-data data/procedural --seed 0     # write the procedural MVTec-layout dataset
   tabad benchmark --data ../shared/data/mvtec3d --method padim \\
       --weights random,imagenet,runs/tab/backbone.pt --out runs/bench
+  tabad benchmark --data demo_out/data --method regad --shots 2,4,8 --rounds 10 --out runs/regad
   tabad make-wafers /tmp/wafers.npz --seed 0   # procedural wafer maps in MixedWM38's .npz format
   tabad classify --data /tmp/wafers.npz --weights random:0,random:1 --out /tmp/cls
                                                # linear probe and fine-tune per weights source (Table 3)
@@ -116,7 +117,8 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
                    help="dataset root; several comma-separated roots go into one table (e.g. BTAD,KSDD2)")
     p.add_argument("--categories", type=_csv, default=None, help="comma-separated subset (default: all)")
     p.add_argument("--method", type=_csv, default=None,
-                   help="comma-separated methods: padim, patchcore, rd4ad, simplenet (default: padim)")
+                   help="comma-separated methods: padim, patchcore, rd4ad, simplenet (default: padim); "
+                        "or regad alone: few-shot, leave-one-category-out (see --shots, --rounds)")
     p.add_argument("--weights", type=_csv, default=None,
                    help="comma-separated weights sources: random, random:SEED, imagenet, or a state-dict path "
                         "(default: random)")
@@ -142,6 +144,12 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs for every training-based method (rd4ad, simplenet, regad); "
                         "default: each method's paper value")
+    p.add_argument("--shots", type=lambda v: [int(x) for x in _csv(v)], default=None,
+                   help="regad: support images per target category, comma-separated (default 2,4,8)")
+    p.add_argument("--rounds", type=int, default=10, help="regad: inference rounds per K, each with new supports")
+    p.add_argument("--train-per-shot", action="store_true",
+                   help="regad: train one registration model per K with K supports per query (official) "
+                        "instead of one per target shared by every K")
     p.add_argument("--save-predictions", action="store_true", help="also write every score and map to predictions/")
     p.add_argument("--allow-download", action="store_true", help="let torchvision download missing ImageNet weights")
     p.add_argument("--no-resume", action="store_true", help="recompute pairs already finished in --out")
@@ -184,12 +192,38 @@ def _benchmark_settings(args) -> tuple[dict, dict[str, dict]]:
     return settings, options
 
 
+def _run_fewshot(args, settings: dict, options: dict) -> int:
+    """``--method regad``: the leave-one-category-out few-shot protocol (tabad.fewshot)."""
+    from tabad.fewshot import FewShotConfig, run_fewshot
+
+    if len(settings["data"]) != 1:
+        raise SystemExit("error: --method regad takes one dataset root (its categories are the few-shot tasks)")
+    layout = settings.get("layout") or ["auto"]
+    extra = {k: settings[k] for k in ("seed", "resize", "crop", "epochs", "backbone", "title") if k in settings}
+    cfg = FewShotConfig(
+        data=Path(settings["data"][0]), out=args.out, categories=settings.get("categories"),
+        shots=args.shots or [2, 4, 8], rounds=args.rounds, weights=settings.get("weights") or ["random"],
+        method_options=options.get("regad", {}), train_per_shot=args.train_per_shot, layout=layout[0],
+        skip_bad=args.skip_bad, allow_download=args.allow_download, resume=not args.no_resume, device=args.device,
+        **extra,
+    )
+    run_fewshot(cfg)
+    print((args.out / "results.md").read_text())
+    print(f"report: {args.out / 'results.md'} (also results.json, results.csv)")
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     from tabad.benchmark import BenchmarkConfig, run_benchmark
 
     settings, options = _benchmark_settings(args)
     if not settings.get("data"):
         raise SystemExit("error: benchmark needs --data ROOT (or `data:` in --config)")
+    if "regad" in (settings.get("method") or []):
+        if settings["method"] != ["regad"]:
+            raise SystemExit("error: regad runs the few-shot protocol (training on the other categories); "
+                             "run it on its own: --method regad")
+        return _run_fewshot(args, settings, options)
     layout = settings.get("layout") or ["auto"]
     cfg = BenchmarkConfig(
         data=[Path(d) for d in settings["data"]], out=args.out, methods=settings.get("method") or ["padim"],
