@@ -30,6 +30,8 @@ from tabad.errors import TabadError
 REGISTRY: dict[str, tuple[str, str]] = {
     "padim": ("tabad.methods.padim:Padim", "tabad.methods.padim:PadimConfig"),
     "patchcore": ("tabad.methods.patchcore:PatchCore", "tabad.methods.patchcore:PatchCoreConfig"),
+    "simplenet": ("tabad.methods.simplenet:SimpleNet", "tabad.methods.simplenet:SimpleNetConfig"),
+    "rd4ad": ("tabad.methods.rd4ad:Rd4ad", "tabad.methods.rd4ad:Rd4adConfig"),
 }
 
 
