@@ -500,9 +500,10 @@ data:
   a folder of class folders, ROOT/<class>/*.png:
       single-label (softmax); accuracy and macro precision/recall/F1 over the classes
 
-defaults: ResNet18, input 64x64 (wafer maps: grey 0/127/255, nearest resize), Adam, batch 32,
-cosine lr decay; linear probe 100 epochs at lr 1e-3 on cached pooled layer4 features;
-fine-tune 15 epochs at lr 1e-3; random flips / 90-degree rotations of training images
+defaults: ResNet18; wafer maps as grey images (0/127/255) at their own size, one pixel per die
+(--image-size S resizes with nearest neighbour), class-folder images 64x64; Adam, batch 32,
+cosine lr decay; linear probe 100 epochs at lr 1e-2 on cached pooled layer4 features;
+fine-tune 12 epochs at lr 1e-3; random flips / 90-degree rotations of training images
 (--no-augment to turn off). Results are never selected on the test split; use --validation
 to tune epochs or lr on a split of the training portion instead.
 
@@ -522,13 +523,14 @@ a rerun with the same --out reuses finished results and continues an interrupted
     p.add_argument("--modes", type=_csv, default=None,
                    help="linear-probe, fine-tune or both comma-separated (default both)")
     p.add_argument("--backbone", default="resnet18", choices=["resnet18", "wide_resnet50_2"])
-    p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default 15)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default 12)")
     p.add_argument("--probe-epochs", type=int, default=None,
                    help="linear-probe epochs (default 100; cheap: features are computed once)")
     p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default 1e-3)")
-    p.add_argument("--probe-lr", type=float, default=None, help="linear-probe learning rate (default 1e-3)")
+    p.add_argument("--probe-lr", type=float, default=None, help="linear-probe learning rate (default 1e-2)")
     p.add_argument("--batch-size", type=int, default=None, help="default 32")
-    p.add_argument("--image-size", type=int, default=None, help="network input side (default 64; >= 32)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="network input side, >= 32 (default: the wafer maps' own size; 64 for class folders)")
     p.add_argument("--schedule", default=None, choices=["cosine", "constant"], help="lr schedule (default cosine)")
     p.add_argument("--no-augment", action="store_true", help="no random flips / rotations of training images")
     p.add_argument("--max-samples", type=int, default=None,
