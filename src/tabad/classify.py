@@ -338,6 +338,15 @@ def make_splits(data: ClassifyData, cfg: ClassifyConfig) -> dict:
 # training
 
 
+def _step(loss, opt, sched) -> float:
+    """One optimiser step (and per-batch schedule step); the batch loss."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.detach().item()
+
+
 def _to_input(images_uint8: np.ndarray, device):
     import torch
 
@@ -454,12 +463,7 @@ def _run_linear_probe(model, data: ClassifyData, split: dict, cfg: ClassifyConfi
         total, count = 0.0, 0
         for b in _batches(len(tr), cfg.batch_size, rng):
             x = train_feats[torch.from_numpy(views[b]), torch.from_numpy(b)]
-            loss = loss_fn(head(x), y_train[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach().item() * len(b)
+            total += _step(loss_fn(head(x), y_train[b]), opt, sched) * len(b)
             count += len(b)
         log.append({"epoch": epoch + 1, "loss": round(total / count, 6)})
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
@@ -510,12 +514,7 @@ def _run_fine_tune(model, data: ClassifyData, split: dict, cfg: ClassifyConfig, 
             x = _to_input(data.images(tr[b], size), device)
             if cfg.augment:
                 x = _augment(x, rng.integers(0, 8, len(b)))
-            loss = loss_fn(net(x), y_train[b].to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach().item() * len(b)
+            total += _step(loss_fn(net(x), y_train[b].to(device)), opt, sched) * len(b)
             count += len(b)
         log.append({"epoch": epoch + 1, "loss": round(total / count, 6)})
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
