@@ -17,8 +17,8 @@ examples:
   tabad benchmark --data ../shared/data/mvtec3d --method padim \\
       --weights random,imagenet,runs/tab/backbone.pt --out runs/bench
   tabad benchmark --data demo_out/data --method regad --shots 2,4,8 --rounds 10 --out runs/regad
-  tabad make-wafers /tmp/wafers.npz --seed 0   # procedural wafer maps in MixedWM38's .npz format
-  tabad classify --data /tmp/wafers.npz --weights random:0,random:1 --out /tmp/cls
+  tabad make-wafers data/wafers.npz --seed 0   # procedural wafer maps in MixedWM38's .npz format
+  tabad classify --data data/wafers.npz --weights random:0,random:1 --out runs/cls
                                                # linear probe and fine-tune per weights source (Table 3)
 
 weights sources: random | random:SEED | imagenet | PATH to a torchvision state dict (e.g. a TAB checkpoint)
@@ -461,8 +461,8 @@ def _add_make_wafers(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""\
 examples:
-  tabad make-wafers /tmp/wafers.npz --seed 0                # 38 classes x 30 maps, 52 x 52 (seconds)
-  tabad classify --data /tmp/wafers.npz --weights random:0,random:1 --out /tmp/cls
+  tabad make-wafers data/wafers.npz --seed 0                # 38 classes x 30 maps, 52 x 52 (seconds)
+  tabad classify --data data/wafers.npz --weights random:0,random:1 --out runs/cls
 OUT may be a folder: the file is then OUT/Wafer_Map_Datasets.npz.
 """,
     )
@@ -508,8 +508,8 @@ fine-tune 12 epochs at lr 1e-3; random flips / 90-degree rotations of training i
 to tune epochs or lr on a split of the training portion instead.
 
 examples:
-  tabad make-wafers /tmp/wafers.npz --seed 0
-  tabad classify --data /tmp/wafers.npz --weights random:0,random:1 --out /tmp/cls
+  tabad make-wafers data/wafers.npz --seed 0
+  tabad classify --data data/wafers.npz --weights random:0,random:1 --out runs/cls
   tabad classify --data Wafer_Map_Datasets.npz --weights imagenet,runs/tab/backbone.pt \\
       --image-size 224 --max-samples 8000 --device cuda --out runs/wafers
 a rerun with the same --out reuses finished results and continues an interrupted fine-tune.
