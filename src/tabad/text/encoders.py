@@ -241,7 +241,7 @@ def _clip_missing_message(loc: ClipWeightsLocation) -> str:
         f"  Provide the file {wanted}"
         + (f" (from {loc.url}, fetched on a machine with internet access)" if loc.url else "")
         + " with --text-weights PATH,\n"
-        f"  or put it at one of the places above, or use the offline MiniLM text encoder (minilm; not the paper's encoder)."
+        "  or put it at one of the places above, or use the offline MiniLM text encoder (minilm; not the paper's encoder)."
     )
 
 
