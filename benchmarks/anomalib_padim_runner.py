@@ -142,6 +142,20 @@ def check_pairing(samples, layout: str) -> dict:
     return {"n_abnormal": n_abnormal, "n_pairs_verified": n_checked}
 
 
+def folder_datamodule(cat_root: Path, category: str, layout: str, batch_size: int, seed: int):
+    """anomalib's ``Folder`` datamodule for one category, set up, with its mask pairing checked:
+    (dirs, datamodule, pairing). Shared by every anomalib runner of the benchmarks."""
+    from anomalib.data import Folder
+
+    dirs = folder_dirs(cat_root, layout)
+    datamodule = Folder(name=category, root=cat_root, normal_dir=dirs["normal_dir"],
+                        abnormal_dir=dirs["abnormal_dir"], normal_test_dir=dirs["normal_test_dir"],
+                        mask_dir=dirs["mask_dir"], train_batch_size=batch_size, eval_batch_size=batch_size,
+                        num_workers=0, test_split_mode="from_dir", val_split_mode="same_as_test", seed=seed)
+    datamodule.setup()
+    return dirs, datamodule, check_pairing(datamodule.test_data.samples, layout)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -156,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision.transforms import v2
 
     import anomalib
-    from anomalib.data import Folder
     from anomalib.engine import Engine
     from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Max
     from anomalib.models import Padim
@@ -169,23 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed, workers=True)
 
     # ---------------------------------------------------------------- data
-    dirs = folder_dirs(cat_root, args.layout)
-    datamodule = Folder(
-        name=args.category,
-        root=cat_root,
-        normal_dir=dirs["normal_dir"],
-        abnormal_dir=dirs["abnormal_dir"],
-        normal_test_dir=dirs["normal_test_dir"],
-        mask_dir=dirs["mask_dir"],
-        train_batch_size=args.batch_size,
-        eval_batch_size=args.batch_size,
-        num_workers=0,
-        test_split_mode="from_dir",
-        val_split_mode="same_as_test",
-        seed=args.seed,
-    )
-    datamodule.setup()
-    pairing = check_pairing(datamodule.test_data.samples, args.layout)
+    dirs, datamodule, pairing = folder_datamodule(cat_root, args.category, args.layout, args.batch_size, args.seed)
     n_train = len(datamodule.train_data)
     n_test = len(datamodule.test_data)
     print(f"[anomalib] {args.category}: train {n_train}, test {n_test}, pairing {pairing}", flush=True)

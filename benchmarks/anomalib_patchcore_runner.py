@@ -28,7 +28,7 @@ import os  # noqa: E402
 import resource  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from anomalib_padim_runner import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, check_pairing, folder_dirs  # noqa: E402
+from anomalib_padim_runner import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, folder_datamodule  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--detach-embeddings", action="store_true",
-                   help="drop the autograd graph of the collected embeddings before the coreset (same values)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -66,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     from torchvision.transforms import v2
 
     import anomalib
-    from anomalib.data import Folder
     from anomalib.engine import Engine
     from anomalib.models import Patchcore
     from anomalib.pre_processing import PreProcessor
@@ -75,14 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, workers=True)
 
-    dirs = folder_dirs(data_root / args.category, args.layout)
-    datamodule = Folder(name=args.category, root=data_root / args.category, normal_dir=dirs["normal_dir"],
-                        abnormal_dir=dirs["abnormal_dir"], normal_test_dir=dirs["normal_test_dir"],
-                        mask_dir=dirs["mask_dir"], train_batch_size=args.batch_size,
-                        eval_batch_size=args.batch_size, num_workers=0, test_split_mode="from_dir",
-                        val_split_mode="same_as_test", seed=args.seed)
-    datamodule.setup()
-    pairing = check_pairing(datamodule.test_data.samples, args.layout)
+    _, datamodule, pairing = folder_datamodule(data_root / args.category, args.category, args.layout,
+                                               args.batch_size, args.seed)
 
     transform = v2.Compose([v2.Resize((args.resize, args.resize), antialias=True), v2.CenterCrop(args.crop),
                             v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
@@ -110,19 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     coreset_seconds: list[float] = []
     _orig = model.model.subsample_embedding
 
-    grad_info: dict = {}
+    marks: dict = {}
 
     def _timed_subsample(*a, **k):
         store = model.model.embedding_store
-        grad_info["embeddings_require_grad"] = bool(store and store[0].requires_grad)
-        if args.detach_embeddings:
-            # anomalib keeps the autograd graph of the collected embeddings; the greedy loop then
-            # grows a graph per iteration (memory rises by N x d floats per step). Same values, no graph.
-            store[:] = [e.detach() for e in store]
         print(f"[rss] before coreset {_rss_mb():.0f} MB; bank input {[tuple(e.shape) for e in store[:2]]} "
               f"dtype {store[0].dtype if store else None}", flush=True)
         t = time.perf_counter()
-        grad_info["coreset_start"] = t
+        marks["coreset_start"] = t
         _orig(*a, **k)
         print(f"[rss] after coreset {_rss_mb():.0f} MB", flush=True)
         coreset_seconds.append(time.perf_counter() - t)
@@ -178,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tt = timer.t
     # anomalib runs the coreset inside the fit epoch's end hooks: features = epoch start -> coreset start
-    collect = grad_info.pop("coreset_start", tt.get("epoch_end", float("nan"))) - tt["epoch_start"]
+    collect = marks.pop("coreset_start", tt.get("epoch_end", float("nan"))) - tt["epoch_start"]
     result = {
         "library": "anomalib", "version": anomalib.__version__, "torch": torch.__version__,
         "category": args.category, "layout": args.layout, "mask_pairing": pairing,
@@ -192,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                     "process_seconds_in_script": time.perf_counter() - _T_PROCESS0},
         "peak_rss_mb_after_fit": peak_after_fit_mb,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "threads": torch.get_num_threads(), "seed": args.seed, **grad_info,
-        "detach_embeddings": args.detach_embeddings,
+        "threads": torch.get_num_threads(), "seed": args.seed,
     }
     (out / "anomalib.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result["timings"]), flush=True)

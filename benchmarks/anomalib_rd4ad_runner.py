@@ -2,7 +2,7 @@
 
 The anomalib half of ``benchmarks/rd4ad_vs_anomalib.py``; run it with anomalib's own
 interpreter (``.anomalib-venv/bin/python``). It shares the data plumbing of
-``anomalib_padim_runner.py`` (``folder_dirs``, ``check_pairing``: imported, not copied).
+``anomalib_padim_runner.py`` (``folder_datamodule``: imported, not copied).
 
 What it does
 ------------
@@ -46,7 +46,7 @@ import platform  # noqa: E402
 import resource  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from anomalib_padim_runner import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, check_pairing, folder_dirs  # noqa: E402
+from anomalib_padim_runner import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, folder_datamodule  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import anomalib
     from anomalib.engine import Engine
-    from anomalib.data import Folder
     from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Max
     from anomalib.models import ReverseDistillation
     from anomalib.pre_processing import PreProcessor
@@ -96,14 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed, workers=True)
 
     # ---------------------------------------------------------------- data
-    dirs = folder_dirs(cat_root, args.layout)
-    datamodule = Folder(name=args.category, root=cat_root, normal_dir=dirs["normal_dir"],
-                        abnormal_dir=dirs["abnormal_dir"], normal_test_dir=dirs["normal_test_dir"],
-                        mask_dir=dirs["mask_dir"], train_batch_size=args.batch_size,
-                        eval_batch_size=args.batch_size, num_workers=0, test_split_mode="from_dir",
-                        val_split_mode="same_as_test", seed=args.seed)
-    datamodule.setup()
-    pairing = check_pairing(datamodule.test_data.samples, args.layout)
+    _, datamodule, pairing = folder_datamodule(cat_root, args.category, args.layout, args.batch_size, args.seed)
     train_paths = [os.path.relpath(p, cat_root) for p in datamodule.train_data.samples.image_path]
     n_train, n_test = len(train_paths), len(datamodule.test_data)
 
