@@ -23,6 +23,9 @@ What it does
   names relative to the category root; the training ``DataLoader`` then yields exactly
   those batches (a batch sampler) and the runner checks, batch by batch, that training
   saw them. Without it anomalib shuffles with its own ``DataLoader(shuffle=True)``.
+* ``--input-decode div255`` (optional): images decoded as ``uint8 / 255`` (torchvision's
+  ``ToTensor``, the official code, tabad) in place of anomalib's ``uint8 * (1/255)``; with
+  tabad's ``--memory-format contiguous`` both then compute the same bits.
 * ``Engine(max_epochs=E, check_val_every_n_epoch=E)``: one validation pass, after the
   last epoch (anomalib's PostProcessor learns its normalisation there), then
   ``Engine.test``.
@@ -64,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--betas", default="0.5,0.999")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-decode", choices=["anomalib", "div255"], default="anomalib",
+                   help="anomalib: its own read_image (uint8 * (1/255), torchvision's to_dtype); div255: uint8 / 255 "
+                        "(torchvision's ToTensor, the official RD4AD code and tabad): the same input bits as tabad")
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
@@ -91,6 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     from anomalib.pre_processing import PreProcessor
 
     import_seconds = time.perf_counter() - t0
+    if args.input_decode == "div255":
+        # x * (1/255) and x / 255 differ in the last bit for some values; Adam turns that into drift.
+        import anomalib.data.datasets.base.image as base_image
+        from PIL import Image
+        from torchvision import tv_tensors
+        from torchvision.transforms.v2.functional import to_image
+
+        def read_image_div255(path, as_tensor: bool = False):
+            if not as_tensor:
+                raise SystemExit("--input-decode div255 only replaces the tensor decode")
+            return tv_tensors.Image(to_image(Image.open(path).convert("RGB")).to(torch.float32).div(255))
+
+        base_image.read_image = read_image_div255
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, workers=True)
 
@@ -259,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_loss_per_epoch": [float(np.mean(x)) for x in rec.losses if x],
         "train_loss_per_step": rec.losses,
         "teacher_unexpected_keys": sorted({k.split(".")[0] for k in res.unexpected_keys}),
-        "init": init_info, "transform": repr(transform),
+        "init": init_info, "transform": repr(transform), "input_decode": args.input_decode,
         "metrics_anomalib_evaluator": own,
         "timings": {"import_seconds": import_seconds, "fit_seconds": fit_seconds,
                     "fit_validation_pass_seconds": t_val, "test_seconds": test_seconds,

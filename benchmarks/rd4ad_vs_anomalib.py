@@ -45,6 +45,12 @@ from padim_vs_anomalib import (DEFAULT_SETS, HERE, METRICS, REPO, ANOMALIB_KEYS,
 PARITY_TOL = 0.02
 PARITY_METRICS = ("image_auroc", "pixel_auroc")
 
+#: ``--aligned``: the settings under which both libraries compute the same bits on a CPU thread.
+#: tabad: torch's default tensor layout (anomalib's) and anomalib's blur border; anomalib: the
+#: uint8 / 255 decode of torchvision's ToTensor (tabad's and the official code's).
+ALIGNED_TABAD = ["--memory-format", "contiguous", "--set", "rd4ad.blur_padding=reflect"]
+ALIGNED_ANOMALIB = ["--input-decode", "div255"]
+
 #: tabad OCBE key prefix -> anomalib OCBE (``model.model.bottleneck``) key prefix
 OCBE_KEYS = {"fuse1.0.": "conv1.", "fuse1.1.": "bn1.", "fuse1.3.": "conv2.", "fuse1.4.": "bn2.",
              "fuse2.0.": "conv3.", "fuse2.1.": "bn3.", "oce.": "bn_layer."}
@@ -170,7 +176,9 @@ def first_step_loss(root: Path, category: str, layout: str, weights: Path, args)
     data = read_category(root, category, layout=layout)
     train = load_split(data.train, Geometry(args.size, args.size))
     x = next(train.batches(args.batch_size).epoch(0, seed=args.seed, drop_last=True))
-    backbone = build_backbone("resnet18", str(weights))  # before seeding: building it draws random numbers
+    # before seeding: building it draws random numbers
+    backbone = build_backbone("resnet18", str(weights),
+                              memory_format="contiguous" if args.aligned else "channels_last")
     torch.manual_seed(args.seed)
     model = create_method("rd4ad", backbone)
     model.ocbe.train()
@@ -180,13 +188,14 @@ def first_step_loss(root: Path, category: str, layout: str, weights: Path, args)
 
 
 def run_tabad(args, root: Path, category: str, layout: str, weights: Path, out: Path, threads: int,
-              save: bool) -> tuple[dict, dict, dict, str]:
+              save: bool, extra: list[str] | None = None) -> tuple[dict, dict, dict, str]:
     """``python -m tabad benchmark --method rd4ad`` as a child: (process, result row, provenance, command)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [args.tabad_python, "-m", "tabad", "benchmark", "--data", str(root), "--categories", category,
            "--method", "rd4ad", "--weights", str(weights), "--seed", str(args.seed), "--layout", layout,
            "--resize", str(args.size), "--crop", str(args.size), "--epochs", str(args.epochs),
            "--device", "cpu", "--panels", "0", "--no-resume", "--out", str(out)] + (["--save-predictions"] if save else [])
+    cmd += list(extra or [])
     proc = run_child(cmd, child_env(threads, True), out.with_suffix(".log"), REPO)
     res = json.loads((out / "results.json").read_text())
     row = next(r for r in res["results"] if r["category"] == category and r["method"] == "rd4ad")
@@ -254,8 +263,9 @@ def run_category(args, root: Path, category: str, layout: str, weights: Path, in
                            cat_work / "train_order.json")
     for rep in range(args.repeats):
         if args.only == "both":
-            proc, row, prov, entry["commands"]["tabad"] = run_tabad(args, root, category, layout, weights,
-                                                                    cat_work / f"tabad_r{rep}", args.threads, rep == 0)
+            proc, row, prov, entry["commands"]["tabad"] = run_tabad(
+                args, root, category, layout, weights, cat_work / f"tabad_r{rep}", args.threads, rep == 0,
+                ALIGNED_TABAD if args.aligned else None)
             entry["runs"]["tabad"].append({"process": proc, "result": row, "provenance": prov})
         a_out = cat_work / f"anomalib_r{rep}"
         shutil.rmtree(a_out, ignore_errors=True)
@@ -264,6 +274,7 @@ def run_category(args, root: Path, category: str, layout: str, weights: Path, in
                  str(args.epochs), "--size", str(args.size), "--batch-size", str(args.batch_size), "--lr",
                  str(args.lr), "--betas", args.betas, "--threads", str(args.threads), "--seed", str(args.seed),
                  "--out", str(a_out)] + (["--order", str(order)] if order is not None else [])
+        a_cmd += ALIGNED_ANOMALIB if args.aligned else []
         entry["commands"]["anomalib"] = "OMP_NUM_THREADS=%d %s" % (args.threads, _shown(a_cmd))
         proc = run_child(a_cmd, child_env(args.threads, False), cat_work / f"anomalib_r{rep}.log", REPO)
         aj = json.loads((a_out / "anomalib.json").read_text())
@@ -294,24 +305,38 @@ def run_category(args, root: Path, category: str, layout: str, weights: Path, in
         entry["agreement"] = compare_predictions(ap, tp)
         entry["border_free"] = border_free_auroc(ap, tp)
         entry["diff"] = _diff(t_metrics, entry["anomalib"]["metrics_tabad_code"])
+        tl, al = entry["tabad"]["train_loss_per_epoch"], entry["anomalib"]["train_loss_per_epoch"]
+        entry["loss_rel_diff_max"] = (max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(tl, al))
+                                      if tl and len(tl) == len(al) else None)
         entry["parity_ok"] = all(entry["diff"][k] is not None and entry["diff"][k] <= PARITY_TOL
                                  for k in PARITY_METRICS)
         same = entry["agreement"].get("anomalib_maps_on_tabad_masks")
         if same is not None:
             entry["diff_same_masks"] = _diff(t_metrics, same)
+        variants = []
+        if args.aligned and args.defaults_run:
+            # tabad as users run it (channels_last, the official scipy border) against the same anomalib run.
+            variants.append(("defaults", args.threads, None))
         if args.control_threads:
             # Noise floor: tabad against itself with another thread count (only float rounding differs).
-            proc, row, _, entry["commands"]["tabad_control"] = run_tabad(
-                args, root, category, layout, weights, cat_work / "tabad_control", args.control_threads, True)
-            cp = _predictions(cat_work / "tabad_control", category)
+            variants.append(("control", args.control_threads, ALIGNED_TABAD if args.aligned else None))
+        for name, threads, extra in variants:
+            folder = cat_work / f"tabad_{name}"
+            proc, row, _, entry["commands"][f"tabad_{name}"] = run_tabad(
+                args, root, category, layout, weights, folder, threads, True, extra)
+            cp = _predictions(folder, category)
             c_metrics = score_with_tabad(cp["labels"], cp["scores"], cp["masks"], cp["maps"])
             as_a = {"image_paths": cp["files"], "scores": cp["scores"], "maps": cp["maps"], "masks": cp["masks"],
                     "labels": cp["labels"]}
-            entry["control"] = {"threads": args.control_threads, "metrics_tabad_code": c_metrics,
-                                "diff_vs_tabad": _diff(t_metrics, c_metrics),
-                                "train_loss_per_epoch": [e["loss"] for e in row.get("train_log", [])],
-                                "image_score_spearman_vs_tabad": compare_predictions(as_a, tp)["image_score_spearman"],
-                                "wall_seconds": proc["wall_seconds"]}
+            entry[name] = {"threads": threads, "options": extra or [], "metrics_tabad_code": c_metrics,
+                           "diff_vs_tabad": _diff(t_metrics, c_metrics),
+                           "diff_vs_anomalib": _diff(c_metrics, entry["anomalib"]["metrics_tabad_code"]),
+                           "train_loss_per_epoch": [e["loss"] for e in row.get("train_log", [])],
+                           "image_score_spearman_vs_tabad": compare_predictions(as_a, tp)["image_score_spearman"],
+                           "image_score_spearman_vs_anomalib": compare_predictions(ap, cp)["image_score_spearman"],
+                           "wall_seconds": proc["wall_seconds"], "peak_rss_mb": proc["peak_rss_mb"],
+                           "fit_seconds": row.get("fit_seconds"),
+                           "predict_ms_per_image": row.get("predict_ms_per_image")}
 
     # ---------------- timings (median over repeats)
     def tim(side, getter):
@@ -362,20 +387,29 @@ INTENDED_DIFFERENCES = [
     "antialias=True)`): tiny input differences. 'resized' rows: both read tabad's 256×256 decode of the same files "
     "(lossless PNG copies, masks included; resizing 256×256 to 256×256 is the identity in both), so the pixels and "
     "masks are identical and only the two implementations differ.",
-    "Map smoothing: tabad blurs with a scipy-equivalent Gaussian (σ=4, 33 taps, scipy 'reflect' = edge-repeating "
+    "Map smoothing: tabad's default blur is scipy-equivalent (σ=4, 33 taps, scipy 'reflect' = edge-repeating "
     "padding), as the official code (`scipy.ndimage.gaussian_filter`); anomalib's `GaussianBlur2d` uses the same "
-    "taps with torch 'reflect' padding (no edge repeat): values within 16 px of the border differ slightly.",
+    "taps with torch 'reflect' padding (no edge repeat), so values within 16 px of the border differ. The aligned "
+    "run sets tabad's `rd4ad.blur_padding=reflect` (anomalib's border); the defaults run keeps the official one.",
+    "Input decode: anomalib converts uint8 to float as `x * (1/255)` (torchvision v2 `to_dtype`), tabad as "
+    "`x / 255` (torchvision's `ToTensor`, the official code); about one value in three differs in its last bit. "
+    "The aligned run gives anomalib's runner `--input-decode div255` (its `read_image` replaced by the `/ 255` "
+    "decode, nothing else); the defaults run compares against that same anomalib run.",
     "GT masks ('raw' rows): anomalib resizes masks with torchvision NEAREST (`F.interpolate(mode='nearest')`), tabad with PIL "
     "NEAREST; with a non-integer scale (tire) the masks differ by up to one pixel (see the padim report). The column "
     "'anomalib maps on tabad's masks' scores anomalib's maps against tabad's masks.",
     "Teacher: both run the same ResNet18 state dict in eval mode without gradients (anomalib: timm "
-    "`features_only` ResNet18, `encoder.eval()` in every forward; tabad: torchvision ResNet18, channels_last). "
-    "Float32 on the CPU for both (tabad's bfloat16 teacher autocast is CUDA-only).",
+    "`features_only` ResNet18, `encoder.eval()` in every forward; tabad: torchvision ResNet18). Float32 on the "
+    "CPU for both (tabad's bfloat16 teacher autocast is CUDA-only).",
     "Scores: the raw `ReverseDistillationModel` outputs (before anomalib's PostProcessor normalisation) are "
     "compared; both maps are the sum of the three 1 − cos maps, bilinearly upsampled with align_corners=True, "
     "blurred with σ=4, image score = max of the map.",
-    "Float arithmetic: oneDNN kernels differ between the two models' layouts (tabad runs the teacher in "
-    "channels_last), so the trained weights drift apart by rounding over the epochs even from identical starts.",
+    "Tensor layout: tabad runs its backbone, and so the OCBE and student that consume its features, in "
+    "channels_last by default (oneDNN's fast CPU kernels); anomalib in torch's default contiguous layout. The "
+    "kernels add in another order, so the features differ by float rounding, and Adam, whose first steps move "
+    "every weight by about ±lr whatever the gradient's size, grows that into weight drift over the epochs. The "
+    "aligned run sets tabad's `--memory-format contiguous`: with the same input bits every convolution then runs "
+    "the same kernel on the same data.",
 ]
 
 
@@ -407,8 +441,18 @@ def write_markdown(report: dict, path: Path) -> None:
             if "diff" not in e:
                 continue
             d, c, b = e["diff"], e.get("control", {}).get("diff_vs_tabad"), e.get("border_free")
-            parts = [f"|Δ| image AUROC {fmt(d['image_auroc'])}, pixel AUROC {fmt(d['pixel_auroc'])} "
-                     f"({'within' if e['parity_ok'] else 'NOT within'} {PARITY_TOL})"]
+            g = e.get("agreement") or {}
+            parts = [f"|Δ| image AUROC {fmt(d['image_auroc'])}, pixel AUROC {fmt(d['pixel_auroc'])}, "
+                     f"AUPRO {fmt(d['aupro'])} ({'within' if e['parity_ok'] else 'NOT within'} {PARITY_TOL})"]
+            if g.get("aligned") and b:
+                parts.append(f"largest relative image-score difference {g['image_score_rel_diff_max']:.1e}, "
+                             f"largest map difference {max(b['max_abs_map_diff_interior'], b['max_abs_map_diff_border']):.1e}")
+            if e.get("loss_rel_diff_max") is not None:
+                parts.append(f"per-epoch training loss relative difference {e['loss_rel_diff_max']:.1e}")
+            dd = e.get("defaults", {}).get("diff_vs_anomalib")
+            if dd:
+                parts.append(f"tabad with its defaults (channels_last, official border): |Δ| image "
+                             f"{fmt(dd['image_auroc'])}, pixel {fmt(dd['pixel_auroc'])}")
             if c:
                 parts.append(f"tabad against itself at another thread count: {fmt(c['image_auroc'])}, "
                              f"{fmt(c['pixel_auroc'])}")
@@ -436,7 +480,7 @@ def write_markdown(report: dict, path: Path) -> None:
             same_txt = "same masks" if same is None else f"{fmt(same.get(k))} ({fmt(e['diff_same_masks'].get(k))})"
             L.append(f"| {_label(e)} | {k} | {fmt(t)} | {fmt(a)} | {fmt(d)}{flag} | {same_txt} | {fmt(own)} |")
     L.append("")
-    if any("border_free" in e for e in report["categories"]):
+    if not prov.get("aligned") and any("border_free" in e for e in report["categories"]):
         L.append(f"Image AUROC with the score taken as the map's maximum at least {BORDER} px from the border, where "
                  "the two libraries' blur paddings do not reach (see 'Map smoothing' below):")
         L.append("")
@@ -449,6 +493,35 @@ def write_markdown(report: dict, path: Path) -> None:
                 L.append(f"| {_label(e)} | {fmt(b['tabad'])} | {fmt(b['anomalib'])} | {fmt(b['diff'])} | "
                          f"{b['share_of_tabad_maxima_near_border']:.0%} | {b['max_abs_map_diff_interior']:.2e} / "
                          f"{b['max_abs_map_diff_border']:.2e} |")
+        L.append("")
+    defaults = [e for e in report["categories"] if "defaults" in e]
+    if defaults:
+        L.append("## tabad with its defaults against the same anomalib run")
+        L.append("")
+        L.append("tabad as users run it: channels_last tensors (oneDNN's fast CPU kernels) and the official "
+                 "code's edge-repeating blur border. Against the aligned run above only float rounding (another "
+                 "kernel order) and the border band differ; Adam turns the rounding into weight drift over the "
+                 "epochs, so this is the spread any two correct implementations show, not a difference in the "
+                 "method.")
+        L.append("")
+        L.append("| category | metric | tabad defaults | anomalib | \\|Δ\\| | \\|Δ\\| vs aligned tabad |")
+        L.append("|---|---|---|---|---|---|")
+        for e in defaults:
+            v = e["defaults"]
+            for k in METRICS:
+                L.append(f"| {_label(e)} | {k} | {fmt(v['metrics_tabad_code'].get(k))} | "
+                         f"{fmt(e['anomalib']['metrics_tabad_code'].get(k))} | {fmt(v['diff_vs_anomalib'].get(k))} | "
+                         f"{fmt(v['diff_vs_tabad'].get(k))} |")
+        L.append("")
+        L.append("| category | image-score Spearman vs anomalib | mean loss per epoch | wall s | fit s | "
+                 "predict ms/img | peak RSS MB |")
+        L.append("|---|---|---|---|---|---|---|")
+        for e in defaults:
+            v = e["defaults"]
+            L.append(f"| {_label(e)} | {fmt(v['image_score_spearman_vs_anomalib'])} | "
+                     f"{', '.join(f'{x:.4f}' for x in v['train_loss_per_epoch'])} | {fmt(v['wall_seconds'], 1)} | "
+                     f"{fmt(v['fit_seconds'], 1)} | {fmt(v['predict_ms_per_image'], 0)} | "
+                     f"{fmt(v['peak_rss_mb'], 0)} |")
         L.append("")
     if has_tabad:
         L.append("## Per-image agreement and training loss")
@@ -558,6 +631,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control-threads", type=int, default=None,
                    help="also run tabad with this many threads (default: 2, or 1 when --threads is not 1): a "
                         "noise floor, since only float rounding differs; 0: no control run")
+    p.add_argument("--no-aligned", dest="aligned", action="store_false",
+                   help="compare the libraries' own defaults directly (by default both run aligned: tabad "
+                        f"{' '.join(ALIGNED_TABAD)}, anomalib {' '.join(ALIGNED_ANOMALIB)}, i.e. the same bits)")
+    p.add_argument("--no-defaults-run", dest="defaults_run", action="store_false",
+                   help="with the aligned comparison, skip the extra tabad run with its own defaults")
     p.add_argument("--no-same-order", dest="same_order", action="store_false",
                    help="let anomalib shuffle its own training batches")
     p.add_argument("--only", choices=["both", "anomalib"], default="both")
@@ -585,8 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         write_markdown(report, out.with_suffix(".md"))
         print(f"wrote {rel(out.with_suffix('.md'))}")
         return 0
-    if args.control_threads is None:
-        args.control_threads = 2 if args.threads == 1 else 1
+    if args.control_threads is None:  # aligned: the defaults run already shows what rounding does
+        args.control_threads = 0 if args.aligned else (2 if args.threads == 1 else 1)
     if str(REPO / "src") not in sys.path:
         sys.path.insert(0, str(REPO / "src"))
     from tabad.methods.rd4ad import Rd4adConfig
@@ -635,7 +713,9 @@ def main(argv: list[str] | None = None) -> int:
             "init_loaded": all(e["anomalib"]["init"] is not None for e in entries),
             "same_order": args.same_order, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "betas": args.betas, "size": args.size, "seed": args.seed, "threads": args.threads,
-            "repeats": args.repeats, "inputs": modes, "control_threads": args.control_threads, "data_root": rel(args.data), "sets": [f"{rel(r)}/{c} ({l})" for r, c, l in targets],
+            "repeats": args.repeats, "inputs": modes, "control_threads": args.control_threads, "aligned": args.aligned,
+            "aligned_options": {"tabad": ALIGNED_TABAD, "anomalib": ALIGNED_ANOMALIB} if args.aligned else None,
+            "defaults_run": args.aligned and args.defaults_run, "data_root": rel(args.data), "sets": [f"{rel(r)}/{c} ({l})" for r, c, l in targets],
             "tabad_stack": tabad_stack,
             "anomalib_stack": entries[0]["runs"]["anomalib"][0]["result"]["versions"],
             "machine": {"nproc": os.cpu_count(), "cpu_model": cpu_model(), "mem_total_gb": mem_total_gb(),

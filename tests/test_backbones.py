@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from functools import lru_cache
 from pathlib import Path
@@ -153,6 +154,32 @@ def test_layer_outputs_equal_plain_torchvision_forward(backbone):
     out = backbone(x, ["layer1", "layer3"])
     for name in ("layer1", "layer3"):
         torch.testing.assert_close(out[name], captured[name], rtol=1e-4, atol=1e-4)
+
+
+def test_contiguous_layout_is_bit_identical_to_plain_torchvision_forward():
+    # The side-by-side benchmarks rely on it: same weights, same input, same bits.
+    model, info = _random("random", 0)
+    bb = Backbone(copy.deepcopy(model), info, memory_format="contiguous")  # the cached model stays as it was
+    ref = torchvision.models.resnet18(weights=None)
+    ref.load_state_dict(bb.model.state_dict())
+    ref.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))
+    got = bb(x, ["layer2"])["layer2"]
+    assert got.is_contiguous()
+    assert torch.equal(got, want)
+
+
+def test_channels_last_is_the_default_layout(backbone):
+    assert backbone.memory_format == "channels_last"
+    out = backbone(torch.randn(1, 3, 64, 64), ["layer1"])["layer1"]
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_unknown_memory_format_is_rejected():
+    with pytest.raises(TabadError, match="memory_format"):
+        build_backbone("resnet18", "random", memory_format="nhwc")
 
 
 def test_only_requested_layers_are_computed(backbone):

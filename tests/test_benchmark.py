@@ -24,11 +24,12 @@ RESULT_KEYS = {
 _BACKBONES: dict = {}
 
 
-def _cached_build_backbone(arch, source, seed=0, allow_download=False):
-    """build_backbone, once per (arch, source, seed) for the whole module: the backbone is frozen."""
-    key = (arch, source, seed)
+def _cached_build_backbone(arch, source, seed=0, allow_download=False, memory_format="channels_last"):
+    """build_backbone, once per (arch, source, seed, layout) for the whole module: the backbone is frozen."""
+    key = (arch, source, seed, memory_format)
     if key not in _BACKBONES:
-        _BACKBONES[key] = _real_build_backbone(arch, source, seed=seed, allow_download=allow_download)
+        _BACKBONES[key] = _real_build_backbone(arch, source, seed=seed, allow_download=allow_download,
+                                               memory_format=memory_format)
     return _BACKBONES[key]
 
 

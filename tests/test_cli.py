@@ -21,10 +21,10 @@ def cached_backbones(monkeypatch):
     """build_backbone once per (arch, source, seed) for this module: the backbone is frozen."""
     from tabad.backbones import build_backbone as real
 
-    def cached(arch, source, seed=0, allow_download=False):
-        key = (arch, source, seed)
+    def cached(arch, source, seed=0, allow_download=False, memory_format="channels_last"):
+        key = (arch, source, seed, memory_format)
         if key not in _BACKBONES:
-            _BACKBONES[key] = real(arch, source, seed=seed, allow_download=allow_download)
+            _BACKBONES[key] = real(arch, source, seed=seed, allow_download=allow_download, memory_format=memory_format)
         return _BACKBONES[key]
 
     monkeypatch.setattr("tabad.backbones.build_backbone", cached)
@@ -205,7 +205,7 @@ def test_benchmark_end_to_end(tiny_mvtec, tmp_path, capsys, cached_backbones):
     config.write_text("padim:\n  n_features: 30\n  sigma: 2.0\n")
     rc = main(["benchmark", "--data", str(tiny_mvtec), "--out", str(out), "--categories", "obj",
                "--resize", "64", "--crop", "56", "--weights", "random", "--panels", "1",
-               "--config", str(config), "--set", "padim.n_features=20"])
+               "--config", str(config), "--set", "padim.n_features=20", "--memory-format", "contiguous"])
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "Image AUROC" in stdout and str(out / "results.md") in stdout
@@ -217,6 +217,7 @@ def test_benchmark_end_to_end(tiny_mvtec, tmp_path, capsys, cached_backbones):
     assert report["provenance"]["methods"] == {"padim": {"n_features": 20, "sigma": 2.0}}
     assert report["provenance"]["method_configs"]["padim"]["n_features"] == 20
     assert report["provenance"]["image_size"] == [56, 56]
+    assert report["provenance"]["memory_format"] == "contiguous"
     assert (out / "results.csv").is_file() and (out / "results.md").is_file()
     assert (out / "panels" / "obj__padim.png").is_file()
 

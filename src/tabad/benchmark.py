@@ -58,6 +58,9 @@ class BenchmarkConfig:
     resume: bool = True
     progress: bool = True
     device: str = "auto"
+    #: the backbone's tensor layout: "channels_last" (fast on CPU) or "contiguous" (torch's
+    #: default; bit-identical to another library's contiguous ResNet, for side-by-side runs).
+    memory_format: str = "channels_last"
     title: str = "tabad benchmark"
 
 
@@ -189,7 +192,8 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     # Load every weights source up front: a bad path fails in seconds, not after an hour.
     backbones = {}
     for source in cfg.weights:
-        bb = build_backbone(cfg.backbone, source, seed=cfg.seed, allow_download=cfg.allow_download).to(device)
+        bb = build_backbone(cfg.backbone, source, seed=cfg.seed, allow_download=cfg.allow_download,
+                            memory_format=cfg.memory_format).to(device)
         if bb.info.label in {b.info.label for b in backbones.values()}:
             raise TabadError(f"two weights sources share the label {bb.info.label!r}; rename one of the files")
         backbones[source] = bb
@@ -283,6 +287,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
         "layout": cfg.layout,
         "text_encoder": None,  # the text encoder is dropped after pre-training; see each weights' trained_on
         "device": str(device),
+        "memory_format": cfg.memory_format,
     }
     report = {"provenance": provenance, "results": results}
     atomic_write_json(out / "results.json", report)

@@ -154,13 +154,16 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
     p.add_argument("--allow-download", action="store_true", help="let torchvision download missing ImageNet weights")
     p.add_argument("--no-resume", action="store_true", help="recompute pairs already finished in --out")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--memory-format", choices=["channels_last", "contiguous"], default=None,
+                   help="backbone tensor layout: channels_last (default, fast on CPU) or contiguous (torch's "
+                        "default layout: bit-identical features to anomalib's for side-by-side runs)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.set_defaults(func=cmd_benchmark)
 
 
 #: run settings a --config file may hold (its other top-level keys are method names).
 BENCHMARK_SETTINGS = {"data", "categories", "method", "weights", "backbone", "seed", "resize", "crop", "layout",
-                      "epochs", "title", "panels", "geometry"}
+                      "epochs", "title", "panels", "geometry", "memory_format"}
 
 
 def _benchmark_settings(args) -> tuple[dict, dict[str, dict]]:
@@ -234,6 +237,7 @@ def cmd_benchmark(args) -> int:
         n_panels=settings.get("panels", 4), save_predictions=args.save_predictions, method_options=options,
         epochs=settings.get("epochs"), allow_download=args.allow_download, resume=not args.no_resume,
         device=args.device, title=settings.get("title", "tabad benchmark"), geometry=settings.get("geometry", "shared"),
+        memory_format=settings.get("memory_format", "channels_last"),
     )
     report = run_benchmark(cfg)
     print((args.out / "results.md").read_text())

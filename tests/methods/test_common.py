@@ -66,6 +66,32 @@ def test_gaussian_blur_preserves_constants():
     torch.testing.assert_close(gaussian_blur(maps, 4.0), maps)
 
 
+@pytest.mark.parametrize("shape", [(2, 40, 33), (1, 5, 9), (1, 1, 6)])
+def test_gaussian_blur_reflect_padding_equals_scipy_mirror(shape):
+    # scipy's 'mirror' is torch's/numpy's 'reflect' (no edge repeat), any pad width.
+    maps = np.random.default_rng(3).random(shape).astype(np.float64)
+    want = ndimage.gaussian_filter(maps, sigma=(0, 4.0, 4.0), mode="mirror")
+    got = gaussian_blur(torch.from_numpy(maps), sigma=4.0, padding="reflect").numpy()
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_gaussian_blur_reflect_padding_equals_torch_reflect_pad():
+    # anomalib's GaussianBlur2d: torch 'reflect' pad, then the same 33 taps.
+    maps = torch.rand(2, 48, 40, dtype=torch.float64)
+    k = gaussian_kernel1d(4.0).double()
+    padded = F.pad(maps[:, None], (16, 16, 16, 16), mode="reflect")
+    want = F.conv2d(padded, (k[:, None] * k[None, :])[None, None])[:, 0]
+    torch.testing.assert_close(gaussian_blur(maps, 4.0, padding="reflect"), want)
+    # and the default differs from it only within the kernel radius of the border
+    diff = (gaussian_blur(maps, 4.0) - want).abs()
+    assert diff[:, 16:-16, 16:-16].max() < 1e-12 < diff.max()
+
+
+def test_gaussian_blur_rejects_unknown_padding():
+    with pytest.raises(ValueError, match="padding"):
+        gaussian_blur(torch.rand(1, 8, 8), 4.0, padding="edge")
+
+
 @pytest.mark.parametrize("size", [(56, 56), (30, 40), (7, 7)])
 def test_upsample_shape_and_values(size):
     maps = torch.rand(3, 7, 7)

@@ -54,13 +54,14 @@ def test_registered_and_defaults():
     c = Rd4adConfig()
     assert (c.layers, c.epochs, c.batch_size, c.lr, c.betas, c.sigma) == (
         ("layer1", "layer2", "layer3"), 200, 16, 0.005, (0.5, 0.999), 4.0)
-    assert (c.loss, c.map_mode, c.amp) == ("flat", "add", True)
+    assert (c.loss, c.map_mode, c.amp, c.blur_padding) == ("flat", "add", True, "symmetric")
     with pytest.raises(FrozenInstanceError):
         c.epochs = 3
 
 
 @pytest.mark.parametrize("overrides", [{"loss": "mse"}, {"map_mode": "max"}, {"layers": ("layer2", "layer3")},
-                                       {"betas": (0.5,)}, {"lr": 0}, {"epochs": -1}, {"batch_size": 0}])
+                                       {"betas": (0.5,)}, {"lr": 0}, {"epochs": -1}, {"batch_size": 0},
+                                       {"blur_padding": "edge"}])
 def test_invalid_config(backbone, overrides):
     with pytest.raises(ConfigError):
         create_method("rd4ad", backbone, overrides)
@@ -135,10 +136,19 @@ def test_predict_map_is_upsampled_cosine_distance(backbone):
     for a, b in zip(t, s):
         d = 1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
         ref = ref + F.interpolate(d[:, None], size=(64, 64), mode="bilinear", align_corners=True)[:, 0]
+    ref_before_blur = ref
     ref = gaussian_blur(ref, 4.0)
     scores, maps = model.predict(x)
     assert torch.allclose(maps, ref, atol=1e-5)
     assert torch.allclose(scores, ref.flatten(1).amax(1), atol=1e-5)
+    # anomalib's border: the same map away from the blur radius, another one near the edge
+    model_r = create_method("rd4ad", backbone, {"blur_padding": "reflect"}).eval()
+    model_r.load_state_dict(model.state_dict())
+    _, maps_r = model_r.predict(x)
+    ref_r = gaussian_blur(ref_before_blur, 4.0, padding="reflect")
+    assert torch.allclose(maps_r, ref_r, atol=1e-5)
+    assert torch.allclose(maps_r[:, 16:-16, 16:-16], maps[:, 16:-16, 16:-16], atol=1e-6)
+    assert not torch.allclose(maps_r, maps, atol=1e-6)
     mul = anomaly_map(t, s, (64, 64), "mul")
     assert torch.all(mul <= anomaly_map(t, s, (64, 64), "add"))  # each distance is in [0, 2]
 

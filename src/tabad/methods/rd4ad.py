@@ -41,7 +41,9 @@ hq-deng/RD4AD; cross-checked against anomalib's ReverseDistillation):
 * **Scoring (paper §3.3 Eq. 3)**: per scale M_k = 1 − channel cosine,
   bilinear upsampling to the input size (``align_corners=True``), sum of the
   three (``map_mode="add"``, the official evaluation; ``"mul"`` multiplies),
-  scipy-equivalent Gaussian blur σ = 4; image score = max of the map.
+  scipy-equivalent Gaussian blur σ = 4 (``blur_padding="symmetric"``, the
+  official edge-repeating border; ``"reflect"`` is anomalib's torch 'reflect'
+  border, for like-for-like comparisons); image score = max of the map.
 
 Deviations from the official code, none changing the model's function:
 
@@ -77,7 +79,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from tabad.backbones import Backbone
 from tabad.errors import ConfigError, TabadError
-from tabad.methods.common import gaussian_blur, upsample
+from tabad.methods.common import BLUR_PADDINGS, gaussian_blur, upsample
 from tabad.methods.training import autocast, run_epochs
 
 LOSSES = ("flat", "pixel")
@@ -107,6 +109,8 @@ class Rd4adConfig:
     loss: str = "flat"
     #: how the per-scale maps combine: "add" (official evaluation) or "mul".
     map_mode: str = "add"
+    #: border of the σ blur: "symmetric" (official, scipy 'reflect') or "reflect" (anomalib, torch 'reflect').
+    blur_padding: str = "symmetric"
     #: bfloat16 autocast of the teacher's forward pass on CUDA (no effect on a CPU).
     amp: bool = True
 
@@ -136,6 +140,8 @@ class Rd4adConfig:
             bad(f"loss={self.loss!r}; choose one of {LOSSES}")
         if self.map_mode not in MAP_MODES:
             bad(f"map_mode={self.map_mode!r}; choose one of {MAP_MODES}")
+        if self.blur_padding not in BLUR_PADDINGS:
+            bad(f"blur_padding={self.blur_padding!r}; choose one of {BLUR_PADDINGS}")
         if not isinstance(self.amp, bool):
             bad(f"amp={self.amp!r} must be true or false")
 
@@ -383,5 +389,5 @@ class Rd4ad(nn.Module):
         self.student.eval()
         t, s = self(x)
         maps = anomaly_map(t, s, tuple(x.shape[-2:]), self.config.map_mode)
-        maps = gaussian_blur(maps, self.config.sigma)
+        maps = gaussian_blur(maps, self.config.sigma, padding=self.config.blur_padding)
         return maps.flatten(1).amax(dim=1), maps
