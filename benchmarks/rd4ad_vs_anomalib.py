@@ -433,6 +433,14 @@ def write_markdown(report: dict, path: Path) -> None:
              f"{prov['size']}×{prov['size']} inputs (no crop), seed {prov['seed']}. Both libraries' raw predictions "
              f"are scored by `tabad.metrics.evaluate`. Target: |Δ| ≤ {PARITY_TOL} for image and pixel AUROC.")
     L.append("")
+    if prov.get("aligned"):
+        o = prov["aligned_options"]
+        L.append(f"**Aligned run**: tabad `{' '.join(o['tabad'])}`, anomalib's runner `{' '.join(o['anomalib'])}` "
+                 "(torch's default tensor layout, anomalib's blur border, the `uint8 / 255` decode; see 'Intended "
+                 "differences'): both libraries then compute the same bits in training. "
+                 + ("A second tabad run with its own defaults is compared against the same anomalib run."
+                    if prov.get("defaults_run") else ""))
+        L.append("")
     has_tabad = any("tabad" in e for e in report["categories"])
     if has_tabad:
         L.append("**Summary.**")
@@ -456,7 +464,7 @@ def write_markdown(report: dict, path: Path) -> None:
             if c:
                 parts.append(f"tabad against itself at another thread count: {fmt(c['image_auroc'])}, "
                              f"{fmt(c['pixel_auroc'])}")
-            if b:
+            if b and not prov.get("aligned"):
                 parts.append(f"image AUROC with border-free maxima: |Δ| {fmt(b['diff'])}")
             parts.append(f"first-batch loss {fmt(e['tabad']['first_step_loss'], 6)} vs "
                          f"{fmt(e['anomalib']['first_step_loss'], 6)}")
@@ -479,6 +487,10 @@ def write_markdown(report: dict, path: Path) -> None:
             same = e["agreement"].get("anomalib_maps_on_tabad_masks")
             same_txt = "same masks" if same is None else f"{fmt(same.get(k))} ({fmt(e['diff_same_masks'].get(k))})"
             L.append(f"| {_label(e)} | {k} | {fmt(t)} | {fmt(a)} | {fmt(d)}{flag} | {same_txt} | {fmt(own)} |")
+    L.append("")
+    L.append("anomalib's own Evaluator scores its PostProcessor's outputs: normalised with the threshold and min/max "
+             "learned in its validation pass and clipped to [0, 1], so scores tied at a clip bound can move its "
+             "AUROC away from the raw outputs' (both other columns score the raw outputs).")
     L.append("")
     if not prov.get("aligned") and any("border_free" in e for e in report["categories"]):
         L.append(f"Image AUROC with the score taken as the map's maximum at least {BORDER} px from the border, where "
