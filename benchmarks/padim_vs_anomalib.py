@@ -64,6 +64,21 @@ def rel(p: Path | str) -> str:
         return p.name
 
 
+def dataset_recipe(root: Path | str) -> str | None:
+    """Markdown: the ``tabad make-data`` command that regenerates a procedural root (its dataset.json), else None."""
+    meta = Path(root) / "dataset.json"
+    try:
+        params = json.loads(meta.read_text())["parameters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if params.get("generator") != "tabad.datasets.procedural":
+        return None
+    return (f"`tabad make-data {rel(root)} --seed {params['seed']} --categories {','.join(params['categories'])} "
+            f"--n-train {params['n_train']} --n-test-good {params['n_test_good']} "
+            f"--n-test-per-defect {params['n_test_per_defect']} --size {params['size']}"
+            + (f"` (generator version {params['generator_version']})" if "generator_version" in params else "`"))
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

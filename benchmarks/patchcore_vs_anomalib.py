@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
 from padim_vs_anomalib import (REPO, HERE, DEFAULT_SETS, METRICS, child_env, compare_predictions, cpu_model, median,
-                               mem_total_gb, rel, run_child, score_with_tabad, sha256_file)
+                               dataset_recipe, mem_total_gb, rel, run_child, score_with_tabad, sha256_file)
 
 PARITY_TOL = 0.02  # issue 5 acceptance: image and pixel AUROC within 0.02
 EQUAL_ACCURACY_TOL = 0.01  # "at equal accuracy" for the speed claim
@@ -57,8 +58,6 @@ def make_weights(work: Path) -> Path:
 
 
 def run_set(args, root: Path, category: str, layout: str, weights: Path, work: Path) -> dict:
-    import numpy as np
-
     cat_work = work / f"{root.name}__{category}"
     runs = {"tabad": [], "anomalib": []}
     for rep in range(args.repeats):
@@ -87,13 +86,36 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
         print(f"  {proc['wall_seconds']:.1f} s, fit {aj['timings']['fit_seconds']:.1f} s, "
               f"{proc['peak_rss_mb']:.0f} MB", flush=True)
 
-    ap = dict(np.load(cat_work / "anomalib_r0" / "predictions.npz"))
-    tp = dict(np.load(next((cat_work / "tabad_r0" / "predictions").glob("*.npz"))))
-    m_a = score_with_tabad(ap["labels"], ap["scores"], ap["masks"], ap["maps"])
-    m_t = score_with_tabad(tp["labels"], tp["scores"], tp["masks"], tp["maps"])
-    agreement = compare_predictions(ap, tp)
-    same_masks = agreement.get("anomalib_maps_on_tabad_masks") or m_a
+    # Accuracy under other coreset seeds (tabad: projection + start points; anomalib: seed_everything,
+    # its random start): how far the sampler alone moves each library. Not timed.
+    for seed in range(1, args.coreset_seeds):
+        t_out, a_out = cat_work / f"tabad_seed{seed}", cat_work / f"anomalib_seed{seed}"
+        shutil.rmtree(t_out, ignore_errors=True)
+        shutil.rmtree(a_out, ignore_errors=True)
+        print(f"[{category}] coreset seed {seed}", flush=True)
+        run_child(t_cmd[:t_cmd.index("--out")] + ["--set", f"patchcore.seed={seed}", "--out", str(t_out),
+                                                  "--save-predictions"],
+                  env(args.threads, True), cat_work / f"tabad_seed{seed}.log", REPO)
+        run_child(a_cmd[:a_cmd.index("--out")] + ["--seed", str(seed), "--out", str(a_out)],
+                  env(args.threads, False), cat_work / f"anomalib_seed{seed}.log", HERE)
+        shutil.rmtree(a_out / "engine", ignore_errors=True)
+    seeds = []
+    for seed in range(args.coreset_seeds):
+        t_dir, a_dir = (cat_work / "tabad_r0", cat_work / "anomalib_r0") if seed == 0 else \
+            (cat_work / f"tabad_seed{seed}", cat_work / f"anomalib_seed{seed}")
+        seeds.append({"seed": seed, **_score_pair(t_dir, a_dir)})
+    m_t, m_a, same_masks, agreement = (seeds[0][k] for k in ("tabad", "anomalib", "anomalib_on_tabad_masks",
+                                                              "agreement"))
     diff = {k: None if m_t[k] is None or same_masks[k] is None else abs(m_t[k] - same_masks[k]) for k in METRICS}
+    spread = {}
+    for k in METRICS:
+        tv = [e["tabad"][k] for e in seeds if e["tabad"][k] is not None]
+        av = [e["anomalib_on_tabad_masks"][k] for e in seeds if e["anomalib_on_tabad_masks"][k] is not None]
+        if tv and av:
+            spread[k] = {"tabad_mean": statistics.fmean(tv), "tabad_std": statistics.pstdev(tv),
+                         "tabad_range": [min(tv), max(tv)], "anomalib_mean": statistics.fmean(av),
+                         "anomalib_std": statistics.pstdev(av), "anomalib_range": [min(av), max(av)],
+                         "mean_diff": abs(statistics.fmean(tv) - statistics.fmean(av))}
 
     def med(side, f):
         return median([f(r) for r in runs[side]])
@@ -119,6 +141,9 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
                         "anomalib": runs["anomalib"][0]["result"]["memory_bank"]},
         "metrics": {"tabad": m_t, "anomalib": m_a, "anomalib_on_tabad_masks": same_masks},
         "diff": diff, "agreement": agreement, "timing": timing,
+        "coreset_seeds": [{k: v for k, v in e.items() if k != "agreement"} for e in seeds], "seed_spread": spread,
+        "mean_parity_ok": (all(spread[k]["mean_diff"] <= PARITY_TOL for k in ("image_auroc", "pixel_auroc"))
+                           if len(seeds) > 1 else None),
         "parity_ok": all(diff[k] is not None and diff[k] <= PARITY_TOL for k in ("image_auroc", "pixel_auroc")),
         "equal_accuracy": all(diff[k] is not None and diff[k] <= EQUAL_ACCURACY_TOL
                               for k in ("image_auroc", "pixel_auroc")),
@@ -126,6 +151,18 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
         "commands": {"tabad": " ".join(rel(c) if c.startswith("/") else c for c in t_cmd),
                      "anomalib": " ".join(rel(c) if c.startswith("/") else c for c in a_cmd)},
     }
+
+
+def _score_pair(t_dir: Path, a_dir: Path) -> dict:
+    """Both libraries' predictions scored by tabad.metrics; anomalib's also on tabad's masks."""
+    import numpy as np
+
+    ap = dict(np.load(a_dir / "predictions.npz"))
+    tp = dict(np.load(next((t_dir / "predictions").glob("*.npz"))))
+    m_a = score_with_tabad(ap["labels"], ap["scores"], ap["masks"], ap["maps"])
+    agreement = compare_predictions(ap, tp)
+    return {"tabad": score_with_tabad(tp["labels"], tp["scores"], tp["masks"], tp["maps"]), "anomalib": m_a,
+            "anomalib_on_tabad_masks": agreement.get("anomalib_maps_on_tabad_masks") or m_a, "agreement": agreement}
 
 
 def write_markdown(report: dict, path: Path) -> None:
@@ -148,6 +185,23 @@ def write_markdown(report: dict, path: Path) -> None:
         for k in ("image_auroc", "pixel_auroc", "aupro"):
             lines.append(f"| {e['category']} | {k} | {f(e['metrics']['tabad'][k])} | "
                          f"{f(e['metrics']['anomalib_on_tabad_masks'][k])} | {f(e['diff'][k])} |")
+    multi = [e for e in report["sets"] if len(e.get("coreset_seeds", [])) > 1]
+    if multi:
+        n = len(multi[0]["coreset_seeds"])
+        lines += ["", f"### Across {n} coreset seeds", "",
+                  "The two coreset samplers draw different random subsets (see 'Why the coresets differ'). Each "
+                  f"library below runs with seeds 0–{n - 1} (tabad `--set patchcore.seed=S`: projection and start "
+                  "points; anomalib `seed_everything(S)`: its projection and start point); everything else is "
+                  "identical. Mean ± std over the seeds, [min, max]:", "",
+                  "| data | metric | tabad | anomalib | \\|Δ\\| of the means |", "|---|---|---|---|---:|"]
+        for e in multi:
+            for k in ("image_auroc", "pixel_auroc", "aupro"):
+                sp = e["seed_spread"].get(k)
+                if sp:
+                    lines.append(f"| {e['category']} | {k} | {f(sp['tabad_mean'])} ± {f(sp['tabad_std'])} "
+                                 f"[{f(sp['tabad_range'][0])}, {f(sp['tabad_range'][1])}] | {f(sp['anomalib_mean'])} "
+                                 f"± {f(sp['anomalib_std'])} [{f(sp['anomalib_range'][0])}, "
+                                 f"{f(sp['anomalib_range'][1])}] | {f(sp['mean_diff'])} |")
     lines += ["", "## Speed and memory", "",
               "fit = feature extraction of the training images + coreset selection.", "",
               "| data | bank (tabad / anomalib) | tabad fit (s) | anomalib fit (s) [features + coreset] | fit speed-up | "
@@ -164,7 +218,9 @@ def write_markdown(report: dict, path: Path) -> None:
     for e in report["sets"]:
         lines.append(f"- {e['category']}: image/pixel AUROC within {PARITY_TOL}: **{e['parity_ok']}**; within "
                      f"{EQUAL_ACCURACY_TOL} (equal accuracy): **{e['equal_accuracy']}**; fit ≥ {SPEED_TARGET:.0f}× "
-                     f"faster: **{e['speed_ok']}** ({e['timing']['fit_speedup']:.1f}×).")
+                     f"faster: **{e['speed_ok']}** ({e['timing']['fit_speedup']:.1f}×)"
+                     + (f"; means over {len(e['coreset_seeds'])} coreset seeds within {PARITY_TOL}: "
+                        f"**{e['mean_parity_ok']}**." if e.get("mean_parity_ok") is not None else "."))
     lines += ["", "## Why the coresets differ", "",
               "- anomalib projects with scikit-learn's `SparseRandomProjection(eps=0.9)` (Johnson-Lindenstrauss "
               "dimension, about 300 for these sizes) and starts from one random point; tabad follows the official "
@@ -175,7 +231,15 @@ def write_markdown(report: dict, path: Path) -> None:
     for e in report["sets"]:
         lines += [f"- {e['category']} tabad: `{e['commands']['tabad']}`",
                   f"- {e['category']} anomalib: `{e['commands']['anomalib']}`"]
+    for root, recipe in (report.get("data_recipes") or {}).items():
+        lines.append(f"- `{root}` is procedural, regenerated by {recipe}")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _recipes(data: Path, categories: list[str], sets: str) -> dict[str, str]:
+    """How to regenerate each procedural root among the evaluated sets."""
+    roots = {data / spec.rsplit("/", 2)[0] for spec in sets.split(",") if spec.rsplit("/", 2)[1] in categories}
+    return {rel(r): dataset_recipe(r) for r in sorted(roots) if dataset_recipe(r)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,12 +250,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default=",".join(DEFAULT_SETS), help="comma-separated <root>/<category>/<layout>")
     p.add_argument("--coreset-ratio", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--coreset-seeds", type=int, default=1,
+                   help="also score both libraries with coreset seeds 1..N-1 (accuracy only): the samplers' spread")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--anomalib-python", default=str(REPO / ".anomalib-venv" / "bin" / "python"))
     p.add_argument("--tabad-python", default=sys.executable)
     p.add_argument("--work", default=str(HERE / ".work" / "patchcore_vs_anomalib"))
     p.add_argument("--report", default=str(HERE / "reports" / "patchcore_vs_anomalib"))
+    p.add_argument("--render-only", action="store_true", help="rewrite the .md from the report's .json; runs nothing")
     args = p.parse_args(argv)
+    args.data, args.work = (str(Path(a).resolve()) for a in (args.data, args.work))  # children run elsewhere
+    if args.render_only:
+        out = Path(args.report)
+        report = json.loads(out.with_suffix(".json").read_text())
+        report["data_recipes"] = _recipes(Path(args.data), [e["category"] for e in report["sets"]], args.sets)
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+        write_markdown(report, out.with_suffix(".md"))
+        print(f"wrote {rel(out.with_suffix('.md'))}")
+        return 0
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -211,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
               "weights": {"file": weights.name, "sha256": sha256_file(weights), "source": "torchvision resnet18, "
                           "torch.manual_seed(0)"},
               "data_root": rel(Path(args.data)), "seed": 0, "image_size": [224, 224],
-              "coreset_ratio": args.coreset_ratio, "threads": args.threads, "repeats": args.repeats, "sets": sets}
+              "coreset_ratio": args.coreset_ratio, "threads": args.threads, "repeats": args.repeats, "sets": sets,
+              "data_recipes": _recipes(Path(args.data), [e["category"] for e in sets], args.sets)}
     out = Path(args.report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
