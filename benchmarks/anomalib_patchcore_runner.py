@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-bank", default=None,
+                   help="a (N, D) float tensor (.pt) used as the memory bank in place of anomalib's own coreset "
+                        "(the driver passes tabad's): both libraries then score against the same rows")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -103,13 +106,21 @@ def main(argv: list[str] | None = None) -> int:
 
     marks: dict = {}
 
+    bank = torch.load(args.memory_bank, map_location="cpu", weights_only=True) if args.memory_bank else None
+
     def _timed_subsample(*a, **k):
         store = model.model.embedding_store
         print(f"[rss] before coreset {_rss_mb():.0f} MB; bank input {[tuple(e.shape) for e in store[:2]]} "
               f"dtype {store[0].dtype if store else None}", flush=True)
         t = time.perf_counter()
         marks["coreset_start"] = t
-        _orig(*a, **k)
+        if bank is None:
+            _orig(*a, **k)
+        else:  # the given bank; anomalib's own embeddings must have its width
+            if bank.shape[1] != store[0].shape[1]:
+                raise SystemExit(f"--memory-bank has {bank.shape[1]} columns, anomalib's embeddings {store[0].shape[1]}")
+            store.clear()
+            model.model.memory_bank = bank.to(torch.float32)
         print(f"[rss] after coreset {_rss_mb():.0f} MB", flush=True)
         coreset_seconds.append(time.perf_counter() - t)
 

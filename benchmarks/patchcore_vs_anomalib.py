@@ -99,6 +99,23 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
         run_child(a_cmd[:a_cmd.index("--out")] + ["--seed", str(seed), "--out", str(a_out)],
                   env(args.threads, False), cat_work / f"anomalib_seed{seed}.log", HERE)
         shutil.rmtree(a_out / "engine", ignore_errors=True)
+    shared = None
+    if args.shared_bank:
+        # tabad's seed-0 memory bank given to anomalib too: only feature extraction and scoring differ.
+        bank = tabad_memory_bank(root, category, layout, weights, args.coreset_ratio, cat_work / "tabad_bank.pt")
+        t_dir, a_dir = cat_work / "tabad_r0", cat_work / "anomalib_shared_bank"
+        shutil.rmtree(a_dir, ignore_errors=True)
+        print(f"[{category}] anomalib with tabad's memory bank", flush=True)
+        run_child(a_cmd[:a_cmd.index("--out")] + ["--memory-bank", str(bank), "--out", str(a_dir)],
+                  env(args.threads, False), cat_work / "anomalib_shared_bank.log", HERE)
+        shutil.rmtree(a_dir / "engine", ignore_errors=True)
+        shared = _score_pair(t_dir, a_dir)
+        shared["diff"] = {k: None if shared["tabad"][k] is None or shared["anomalib_on_tabad_masks"][k] is None
+                          else abs(shared["tabad"][k] - shared["anomalib_on_tabad_masks"][k]) for k in METRICS}
+        g = shared.pop("agreement")
+        shared["agreement"] = {k: g.get(k) for k in ("image_score_spearman", "image_score_rel_diff_max",
+                                                     "map_pearson_min", "map_rel_maxabs_diff_median")}
+        shared["bank_shape"] = json.loads((a_dir / "anomalib.json").read_text())["memory_bank"]
     seeds = []
     for seed in range(args.coreset_seeds):
         t_dir, a_dir = (cat_work / "tabad_r0", cat_work / "anomalib_r0") if seed == 0 else \
@@ -142,6 +159,9 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
         "metrics": {"tabad": m_t, "anomalib": m_a, "anomalib_on_tabad_masks": same_masks},
         "diff": diff, "agreement": agreement, "timing": timing,
         "coreset_seeds": [{k: v for k, v in e.items() if k != "agreement"} for e in seeds], "seed_spread": spread,
+        "shared_bank": shared,
+        "shared_bank_parity_ok": (all(shared["diff"][k] <= PARITY_TOL for k in ("image_auroc", "pixel_auroc"))
+                                  if shared else None),
         "mean_parity_ok": (all(spread[k]["mean_diff"] <= PARITY_TOL for k in ("image_auroc", "pixel_auroc"))
                            if len(seeds) > 1 else None),
         "parity_ok": all(diff[k] is not None and diff[k] <= PARITY_TOL for k in ("image_auroc", "pixel_auroc")),
@@ -151,6 +171,25 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
         "commands": {"tabad": " ".join(rel(c) if c.startswith("/") else c for c in t_cmd),
                      "anomalib": " ".join(rel(c) if c.startswith("/") else c for c in a_cmd)},
     }
+
+
+def tabad_memory_bank(root: Path, category: str, layout: str, weights: Path, ratio: float, out: Path) -> Path:
+    """tabad's PatchCore memory bank for ``tabad benchmark``'s seed 0, fitted in-process the way it fits it."""
+    import torch
+
+    from tabad.backbones import build_backbone
+    from tabad.datasets.loader import load_split
+    from tabad.datasets.readers import read_category
+    from tabad.datasets.transforms import Geometry
+    from tabad.methods import create_method
+
+    train = load_split(read_category(root, category, layout=layout).train, Geometry(256, 224))
+    bb = build_backbone("resnet18", str(weights))
+    torch.manual_seed(0)
+    model = create_method("patchcore", bb, {"coreset_ratio": ratio})
+    model.fit(train.batches(getattr(model.config, "batch_size", 32)))
+    torch.save(model.memory_bank.detach().cpu().contiguous(), out)
+    return out
 
 
 def _score_pair(t_dir: Path, a_dir: Path) -> dict:
@@ -185,6 +224,24 @@ def write_markdown(report: dict, path: Path) -> None:
         for k in ("image_auroc", "pixel_auroc", "aupro"):
             lines.append(f"| {e['category']} | {k} | {f(e['metrics']['tabad'][k])} | "
                          f"{f(e['metrics']['anomalib_on_tabad_masks'][k])} | {f(e['diff'][k])} |")
+    shared = [e for e in report["sets"] if e.get("shared_bank")]
+    if shared:
+        lines += ["", "### With the same memory bank", "",
+                  "anomalib given tabad's memory bank (`anomalib_patchcore_runner.py --memory-bank`: tabad's "
+                  "seed-0 coreset, fitted in-process as `tabad benchmark` fits it, replaces anomalib's own "
+                  "coreset; nothing else changes). Only feature extraction and scoring then differ:", "",
+                  "| data | metric | tabad | anomalib (tabad's bank) | abs. diff |", "|---|---|---:|---:|---:|"]
+        for e in shared:
+            sb = e["shared_bank"]
+            for k in ("image_auroc", "pixel_auroc", "aupro"):
+                lines.append(f"| {e['category']} | {k} | {f(sb['tabad'][k])} | "
+                             f"{f(sb['anomalib_on_tabad_masks'][k])} | {f(sb['diff'][k])} |")
+        lines.append("")
+        for e in shared:
+            g = e["shared_bank"]["agreement"]
+            lines.append(f"- {e['category']}: image-score Spearman {f(g.get('image_score_spearman'))}, largest "
+                         f"relative image-score difference {g.get('image_score_rel_diff_max', 0):.1e}, lowest "
+                         f"per-image map Pearson {f(g.get('map_pearson_min'))}.")
     multi = [e for e in report["sets"] if len(e.get("coreset_seeds", [])) > 1]
     if multi:
         n = len(multi[0]["coreset_seeds"])
@@ -220,7 +277,9 @@ def write_markdown(report: dict, path: Path) -> None:
                      f"{EQUAL_ACCURACY_TOL} (equal accuracy): **{e['equal_accuracy']}**; fit ≥ {SPEED_TARGET:.0f}× "
                      f"faster: **{e['speed_ok']}** ({e['timing']['fit_speedup']:.1f}×)"
                      + (f"; means over {len(e['coreset_seeds'])} coreset seeds within {PARITY_TOL}: "
-                        f"**{e['mean_parity_ok']}**." if e.get("mean_parity_ok") is not None else "."))
+                        f"**{e['mean_parity_ok']}**" if e.get("mean_parity_ok") is not None else "")
+                     + (f"; with the same memory bank within {PARITY_TOL}: **{e['shared_bank_parity_ok']}**"
+                        if e.get("shared_bank_parity_ok") is not None else "") + ".")
     lines += ["", "## Why the coresets differ", "",
               "- anomalib projects with scikit-learn's `SparseRandomProjection(eps=0.9)` (Johnson-Lindenstrauss "
               "dimension, about 300 for these sizes) and starts from one random point; tabad follows the official "
@@ -250,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default=",".join(DEFAULT_SETS), help="comma-separated <root>/<category>/<layout>")
     p.add_argument("--coreset-ratio", type=float, default=0.1)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--shared-bank", action="store_true",
+                   help="also run anomalib with tabad's memory bank (isolates the coreset sampler)")
     p.add_argument("--coreset-seeds", type=int, default=1,
                    help="also score both libraries with coreset seeds 1..N-1 (accuracy only): the samplers' spread")
     p.add_argument("--threads", type=int, default=2)
