@@ -417,6 +417,10 @@ def _label(e: dict) -> str:
     return f"{e['category']} ({e['inputs']})"
 
 
+def _section(L: list[str], title: str, text: str) -> None:
+    L.extend([f"## {title}", "", text, ""])
+
+
 def write_markdown(report: dict, path: Path) -> None:
     prov = report["provenance"]
     L = ["# RD4AD: tabad vs anomalib 2.7.0 (ReverseDistillation)", ""]
@@ -508,14 +512,12 @@ def write_markdown(report: dict, path: Path) -> None:
         L.append("")
     defaults = [e for e in report["categories"] if "defaults" in e]
     if defaults:
-        L.append("## tabad with its defaults against the same anomalib run")
-        L.append("")
-        L.append("tabad as users run it: channels_last tensors (oneDNN's fast CPU kernels) and the official "
+        _section(L, "tabad with its defaults against the same anomalib run",
+                 "tabad as users run it: channels_last tensors (oneDNN's fast CPU kernels) and the official "
                  "code's edge-repeating blur border. Against the aligned run above only float rounding (another "
                  "kernel order) and the border band differ; Adam turns the rounding into weight drift over the "
                  "epochs, so this is the spread any two correct implementations show, not a difference in the "
                  "method.")
-        L.append("")
         L.append("| category | metric | tabad defaults | anomalib | \\|Δ\\| | \\|Δ\\| vs aligned tabad |")
         L.append("|---|---|---|---|---|---|")
         for e in defaults:
@@ -559,13 +561,11 @@ def write_markdown(report: dict, path: Path) -> None:
         L.append("")
     controls = [e for e in report["categories"] if "control" in e]
     if controls:
-        L.append("## Noise floor: tabad against itself with another thread count")
-        L.append("")
-        L.append("The same tabad run with a different number of threads changes nothing but the order of float "
+        _section(L, "Noise floor: tabad against itself with another thread count",
+                 "The same tabad run with a different number of threads changes nothing but the order of float "
                  "additions. Adam's first steps move every weight by about ±lr whatever the gradient's size, so "
                  "rounding-level differences grow over the epochs; the spread below is what any two "
                  "implementations of the same computation can be expected to differ by.")
-        L.append("")
         L.append("| category | threads | \\|Δ\\| image AUROC | \\|Δ\\| pixel AUROC | \\|Δ\\| AUPRO | image-score Spearman "
                  "| mean loss per epoch |")
         L.append("|---|---|---|---|---|---|---|")
