@@ -99,6 +99,15 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
         run_child(a_cmd[:a_cmd.index("--out")] + ["--seed", str(seed), "--out", str(a_out)],
                   env(args.threads, False), cat_work / f"anomalib_seed{seed}.log", HERE)
         shutil.rmtree(a_out / "engine", ignore_errors=True)
+    # tabad with anomalib's sampler algorithm (sparse JL projection, one random start in the bank),
+    # drawn from tabad's generator: the same algorithm as anomalib, other random numbers. Not timed.
+    for seed in range(args.coreset_seeds if args.tabad_anomalib_sampler else 0):
+        t_out = cat_work / f"tabad_sampler_anomalib_seed{seed}"
+        shutil.rmtree(t_out, ignore_errors=True)
+        print(f"[{category}] tabad sampler=anomalib, coreset seed {seed}", flush=True)
+        run_child(t_cmd[:t_cmd.index("--out")] + ["--set", "patchcore.sampler=anomalib", "--set",
+                                                  f"patchcore.seed={seed}", "--out", str(t_out), "--save-predictions"],
+                  env(args.threads, True), cat_work / f"tabad_sampler_anomalib_seed{seed}.log", REPO)
     shared = None
     if args.shared_bank:
         # tabad's seed-0 memory bank given to anomalib too: only feature extraction and scoring differ.
@@ -120,7 +129,10 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
     for seed in range(args.coreset_seeds):
         t_dir, a_dir = (cat_work / "tabad_r0", cat_work / "anomalib_r0") if seed == 0 else \
             (cat_work / f"tabad_seed{seed}", cat_work / f"anomalib_seed{seed}")
-        seeds.append({"seed": seed, **_score_pair(t_dir, a_dir)})
+        entry = {"seed": seed, **_score_pair(t_dir, a_dir)}
+        if args.tabad_anomalib_sampler:
+            entry["tabad_sampler_anomalib"] = _score_tabad(cat_work / f"tabad_sampler_anomalib_seed{seed}")
+        seeds.append(entry)
     m_t, m_a, same_masks, agreement = (seeds[0][k] for k in ("tabad", "anomalib", "anomalib_on_tabad_masks",
                                                               "agreement"))
     diff = {k: None if m_t[k] is None or same_masks[k] is None else abs(m_t[k] - same_masks[k]) for k in METRICS}
@@ -132,7 +144,16 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
             spread[k] = {"tabad_mean": statistics.fmean(tv), "tabad_std": statistics.pstdev(tv),
                          "tabad_range": [min(tv), max(tv)], "anomalib_mean": statistics.fmean(av),
                          "anomalib_std": statistics.pstdev(av), "anomalib_range": [min(av), max(av)],
-                         "mean_diff": abs(statistics.fmean(tv) - statistics.fmean(av))}
+                         "mean_diff": abs(statistics.fmean(tv) - statistics.fmean(av)),
+                         "mean_diff_se": _se_of_difference(tv, av)}
+            sv = [e["tabad_sampler_anomalib"][k] for e in seeds
+                  if e.get("tabad_sampler_anomalib") and e["tabad_sampler_anomalib"][k] is not None]
+            if sv:
+                spread[k].update({"tabad_sampler_anomalib_mean": statistics.fmean(sv),
+                                  "tabad_sampler_anomalib_std": statistics.pstdev(sv),
+                                  "tabad_sampler_anomalib_range": [min(sv), max(sv)],
+                                  "sampler_matched_mean_diff": abs(statistics.fmean(sv) - statistics.fmean(av)),
+                                  "sampler_matched_mean_diff_se": _se_of_difference(sv, av)})
 
     def med(side, f):
         return median([f(r) for r in runs[side]])
@@ -164,6 +185,9 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
                                   if shared else None),
         "mean_parity_ok": (all(spread[k]["mean_diff"] <= PARITY_TOL for k in ("image_auroc", "pixel_auroc"))
                            if len(seeds) > 1 else None),
+        "sampler_matched_mean_parity_ok": (all(spread[k]["sampler_matched_mean_diff"] <= PARITY_TOL
+                                               for k in ("image_auroc", "pixel_auroc"))
+                                           if len(seeds) > 1 and args.tabad_anomalib_sampler else None),
         "parity_ok": all(diff[k] is not None and diff[k] <= PARITY_TOL for k in ("image_auroc", "pixel_auroc")),
         "equal_accuracy": all(diff[k] is not None and diff[k] <= EQUAL_ACCURACY_TOL
                               for k in ("image_auroc", "pixel_auroc")),
@@ -190,6 +214,20 @@ def tabad_memory_bank(root: Path, category: str, layout: str, weights: Path, rat
     model.fit(train.batches(getattr(model.config, "batch_size", 32)))
     torch.save(model.memory_bank.detach().cpu().contiguous(), out)
     return out
+
+
+def _se_of_difference(a: list[float], b: list[float]) -> float | None:
+    """Standard error of mean(a) − mean(b) for independent samples (sample variances)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+
+
+def _score_tabad(t_dir: Path) -> dict:
+    import numpy as np
+
+    tp = dict(np.load(next((t_dir / "predictions").glob("*.npz"))))
+    return score_with_tabad(tp["labels"], tp["scores"], tp["masks"], tp["maps"])
 
 
 def _score_pair(t_dir: Path, a_dir: Path) -> dict:
@@ -245,20 +283,43 @@ def write_markdown(report: dict, path: Path) -> None:
     multi = [e for e in report["sets"] if len(e.get("coreset_seeds", [])) > 1]
     if multi:
         n = len(multi[0]["coreset_seeds"])
+        matched = any("tabad_sampler_anomalib_mean" in sp for e in multi for sp in e["seed_spread"].values())
+
+        def cell(sp, side):
+            lo, hi = sp[f"{side}_range"]
+            return f"{f(sp[f'{side}_mean'])} ± {f(sp[f'{side}_std'])} [{f(lo)}, {f(hi)}]"
+
+        def delta(sp, key):
+            se = sp.get(f"{key}_se")
+            return f(sp[key]) + (f" ± {f(se)}" if se is not None else "")
+
         lines += ["", f"### Across {n} coreset seeds", "",
                   "The two coreset samplers draw different random subsets (see 'Why the coresets differ'). Each "
                   f"library below runs with seeds 0–{n - 1} (tabad `--set patchcore.seed=S`: projection and start "
                   "points; anomalib `seed_everything(S)`: its projection and start point); everything else is "
-                  "identical. Mean ± std over the seeds, [min, max]:", "",
-                  "| data | metric | tabad | anomalib | \\|Δ\\| of the means |", "|---|---|---|---|---:|"]
+                  "identical."
+                  + (" The middle column is tabad with `--set patchcore.sampler=anomalib`: anomalib's sampler "
+                     "algorithm (sparse JL projection, ε = 0.9; one random start, kept in the bank) drawn from "
+                     "tabad's generator, so the same algorithm with other random numbers." if matched else "")
+                  + " Mean ± population std over the seeds, [min, max]; |Δ| of the means ± its standard error "
+                  "(sample variances):", ""]
+        if matched:
+            lines += ["| data | metric | tabad (official sampler) | tabad (sampler=anomalib) | anomalib | "
+                      "\|Δ\| official vs anomalib | \|Δ\| same sampler |", "|---|---|---|---|---|---:|---:|"]
+        else:
+            lines += ["| data | metric | tabad | anomalib | \|Δ\| of the means |", "|---|---|---|---|---:|"]
         for e in multi:
             for k in ("image_auroc", "pixel_auroc", "aupro"):
                 sp = e["seed_spread"].get(k)
-                if sp:
-                    lines.append(f"| {e['category']} | {k} | {f(sp['tabad_mean'])} ± {f(sp['tabad_std'])} "
-                                 f"[{f(sp['tabad_range'][0])}, {f(sp['tabad_range'][1])}] | {f(sp['anomalib_mean'])} "
-                                 f"± {f(sp['anomalib_std'])} [{f(sp['anomalib_range'][0])}, "
-                                 f"{f(sp['anomalib_range'][1])}] | {f(sp['mean_diff'])} |")
+                if not sp:
+                    continue
+                if matched:
+                    lines.append(f"| {e['category']} | {k} | {cell(sp, 'tabad')} | "
+                                 f"{cell(sp, 'tabad_sampler_anomalib')} | {cell(sp, 'anomalib')} | "
+                                 f"{delta(sp, 'mean_diff')} | {delta(sp, 'sampler_matched_mean_diff')} |")
+                else:
+                    lines.append(f"| {e['category']} | {k} | {cell(sp, 'tabad')} | {cell(sp, 'anomalib')} | "
+                                 f"{delta(sp, 'mean_diff')} |")
     lines += ["", "## Speed and memory", "",
               "fit = feature extraction of the training images + coreset selection.", "",
               "| data | bank (tabad / anomalib) | tabad fit (s) | anomalib fit (s) [features + coreset] | fit speed-up | "
@@ -278,13 +339,20 @@ def write_markdown(report: dict, path: Path) -> None:
                      f"faster: **{e['speed_ok']}** ({e['timing']['fit_speedup']:.1f}×)"
                      + (f"; means over {len(e['coreset_seeds'])} coreset seeds within {PARITY_TOL}: "
                         f"**{e['mean_parity_ok']}**" if e.get("mean_parity_ok") is not None else "")
+                     + (f"; with the same sampler (tabad `sampler=anomalib`), means within {PARITY_TOL}: "
+                        f"**{e['sampler_matched_mean_parity_ok']}**"
+                        if e.get("sampler_matched_mean_parity_ok") is not None else "")
                      + (f"; with the same memory bank within {PARITY_TOL}: **{e['shared_bank_parity_ok']}**"
                         if e.get("shared_bank_parity_ok") is not None else "") + ".")
     lines += ["", "## Why the coresets differ", "",
-              "- anomalib projects with scikit-learn's `SparseRandomProjection(eps=0.9)` (Johnson-Lindenstrauss "
-              "dimension, about 300 for these sizes) and starts from one random point; tabad follows the official "
-              "code: a seeded dense 128-d projection and the mean distance to 10 random start points. Both then "
-              "run the same greedy k-center update, so memory banks have the same size but not the same rows.",
+              "- anomalib projects with its own `SparseRandomProjection(eps=0.9)` (very sparse ±1 entries, "
+              "Johnson-Lindenstrauss dimension ⌊4 ln N / 0.162⌋, about 270–300 for these sizes; column draws from "
+              "numpy's global generator, signs from torch's) and starts from one random point, which becomes the "
+              "first bank row; tabad's default follows the official code: a seeded dense 128-d projection and the "
+              "mean distance to 10 random start points, which are not kept. Both then run the same greedy k-center "
+              "update, so memory banks have the same size but not the same rows. tabad's `sampler=anomalib` "
+              "implements anomalib's algorithm (its loop gives anomalib's indices exactly for the same projected "
+              "points and start; tested against a literal reference), with tabad's own seeded generator.",
               "- Image scores: both reweight with paper Eq. 7 over 9 neighbours; patch scores are Euclidean.",
               "", "## Commands", ""]
     for e in report["sets"]:
@@ -313,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run anomalib with tabad's memory bank (isolates the coreset sampler)")
     p.add_argument("--coreset-seeds", type=int, default=1,
                    help="also score both libraries with coreset seeds 1..N-1 (accuracy only): the samplers' spread")
+    p.add_argument("--tabad-anomalib-sampler", action="store_true",
+                   help="also run tabad with --set patchcore.sampler=anomalib for each coreset seed (accuracy only): "
+                        "the same sampler algorithm in both libraries")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--anomalib-python", default=str(REPO / ".anomalib-venv" / "bin" / "python"))
     p.add_argument("--tabad-python", default=sys.executable)

@@ -26,6 +26,14 @@ cross-checked against anomalib):
   points whose *mean* distance initialises every point's min-distance, then
   ``int(N·p)`` times: take the argmax, update the min-distances with the
   distance to the new centre. The chosen indices select full-dimensional rows.
+  ``sampler="anomalib"`` is anomalib 2.7.0's variant of the same loop, kept as
+  a named option for side-by-side runs: a very sparse random projection
+  (Li et al. 2006; density 1/√D, ±√(√D/k) entries) to the Johnson-Lindenstrauss
+  dimension k = ⌊4 ln N / (ε²/2 − ε³/3)⌋ with ε = ``jl_eps`` = 0.9 (≈ 270–300
+  for PatchCore banks), and a single random start that is itself the first
+  memory-bank row (then ``int(N·p) − 1`` greedy picks). Drawn from tabad's
+  seeded generator, so it reproduces anomalib's algorithm, not its random
+  numbers.
 * **Anomaly detection (paper §3.3)**: per test patch the distance to its
   nearest bank entry; image score = maximum patch score, optionally reweighted
   by paper Eq. 7 as anomalib does (``s = (1 − softmax_j ‖m_test* − n_j‖ [m*]) ·
@@ -67,6 +75,7 @@ from tabad.methods.common import gaussian_blur, upsample
 
 AGGREGATIONS = ("avgpool", "official")
 CORESETS = ("greedy", "random", "none")
+SAMPLERS = ("official", "anomalib")
 DISTANCES = ("euclidean", "squared")
 
 
@@ -86,10 +95,15 @@ class PatchCoreConfig:
     coreset_ratio: float = 0.1
     #: "greedy" (approximate greedy k-center, paper Alg. 1), "random" or "none".
     coreset: str = "greedy"
-    #: dimension of the random projection used by the greedy coreset.
+    #: greedy coreset variant: "official" (dense 128-d projection, mean distance to
+    #: ``num_starts`` random points) or "anomalib" (sparse JL projection, one random start).
+    sampler: str = "official"
+    #: dimension of the random projection used by the "official" greedy coreset.
     projection_dim: int = 128
-    #: random start points of the approximate greedy coreset.
+    #: random start points of the "official" approximate greedy coreset.
     num_starts: int = 10
+    #: ε of the Johnson-Lindenstrauss dimension of the "anomalib" sampler's projection.
+    jl_eps: float = 0.9
     #: b of paper Eq. 7 (|N_b(m*)|, m* included); 1 disables the reweighting.
     num_neighbors: int = 9
     #: paper Eq. 7 reweighting of the image score (anomalib); False = official code.
@@ -116,6 +130,10 @@ class PatchCoreConfig:
             bad(f"aggregation={self.aggregation!r}; choose one of {AGGREGATIONS}")
         if self.coreset not in CORESETS:
             bad(f"coreset={self.coreset!r}; choose one of {CORESETS}")
+        if self.sampler not in SAMPLERS:
+            bad(f"sampler={self.sampler!r}; choose one of {SAMPLERS}")
+        if not isinstance(self.jl_eps, (int, float)) or not 0.0 < self.jl_eps < 1.0:
+            bad(f"jl_eps={self.jl_eps!r} must be in (0, 1)")
         if self.distance not in DISTANCES:
             bad(f"distance={self.distance!r}; choose one of {DISTANCES}")
         try:
@@ -184,42 +202,81 @@ def random_projection(features: torch.Tensor, dim: int, generator: torch.Generat
     untouched; the rows are projected ``chunk_size`` at a time and written
     feature-major (dim × N) on ``device``.
     """
-    n, d = features.shape
-    device = features.device if device is None else torch.device(device)
-    weight = torch.empty(dim, d)
+    weight = torch.empty(dim, features.shape[1])
     nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)  # = nn.Linear's init
+    return project_rows(features, weight, chunk_size, device)
+
+
+def project_rows(features: torch.Tensor, weight: torch.Tensor, chunk_size: int = 4096, device=None) -> torch.Tensor:
+    """``weight @ features.T`` (dim, N) on ``device``, ``chunk_size`` rows of the (N, D) features at a time."""
+    device = features.device if device is None else torch.device(device)
     weight = weight.to(device)
-    out = torch.empty(dim, n, device=device)
-    for lo in range(0, n, chunk_size):
+    out = torch.empty(weight.shape[0], features.shape[0], device=device)
+    for lo in range(0, features.shape[0], chunk_size):
         out[:, lo : lo + chunk_size] = weight @ features[lo : lo + chunk_size].to(device).T
     return out
 
 
-def greedy_kcenter(points_t: torch.Tensor, k: int, starts: torch.Tensor) -> torch.Tensor:
-    """Approximate greedy k-center of the official code on feature-major points (dim, N).
+def sparse_projection_matrix(n_features: int, n_components: int, generator: torch.Generator) -> torch.Tensor:
+    """Very sparse random projection (Li et al., KDD 2006), as anomalib's ``SparseRandomProjection``.
 
-    Initial min-distance of each point = its mean Euclidean distance to the
-    ``starts``; then ``k`` times: select the argmax and lower the min-distances
-    to the distance to the selected point. Distances use ‖a‖² − 2a·c + ‖c‖²
-    (clamped at 0, square-rooted) as the official code does. Memory O(N).
+    (n_components, n_features): each row has Binomial(D, 1/√D) non-zeros at
+    uniformly drawn columns, each ±√(√D) / √k with equal odds; D = 1 is dense ±1/√k.
+    """
+    d, k = n_features, n_components
+    density = 1.0 / math.sqrt(d)
+    signs = torch.randint(0, 2, (k, d), generator=generator).float().mul_(2).sub_(1)
+    if density == 1.0:
+        return signs / math.sqrt(k)
+    nnz = torch.binomial(torch.full((k,), float(d)), torch.full((k,), density), generator=generator)
+    ranks = torch.rand(k, d, generator=generator).argsort(dim=1).argsort(dim=1)  # a uniform permutation per row
+    keep = ranks < nnz[:, None]
+    return signs.mul_(keep).mul_(math.sqrt(1.0 / density) / math.sqrt(k))
+
+
+def johnson_lindenstrauss_dim(n_samples: int, eps: float) -> int:
+    """``⌊4 ln n / (ε²/2 − ε³/3)⌋``, the "safe" projection size anomalib (and scikit-learn) use."""
+    return int(4 * math.log(n_samples) / (eps**2 / 2 - eps**3 / 3))
+
+
+def _distances_to(points_t: torch.Tensor, sq: torch.Tensor, idx: int, out: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (N,) of every point to point ``idx``, as ‖a‖² − 2a·c + ‖c‖² (clamped, rooted)."""
+    torch.mv(points_t.T, points_t[:, idx], out=out)  # (N, dim) view of the (dim, N) storage: a fast gemv on CPU
+    return out.mul_(-2.0).add_(sq).add_(sq[idx]).clamp_(min=0).sqrt_()
+
+
+def greedy_kcenter(points_t: torch.Tensor, k: int, starts: torch.Tensor, include_start: bool = False) -> torch.Tensor:
+    """Approximate greedy k-center on feature-major points (dim, N); memory O(N).
+
+    Official code (``include_start=False``): the initial min-distance of each
+    point is its mean Euclidean distance to the ``starts``; then ``k`` times:
+    select the argmax and lower the min-distances to the distance to it.
+    anomalib (``include_start=True``, one start): the start is the first centre
+    and ``k − 1`` greedy picks follow. Distances use ‖a‖² − 2a·c + ‖c‖²
+    (clamped at 0, square-rooted) as the official code does.
     """
     dim, n = points_t.shape
     sq = (points_t * points_t).sum(0)  # (N,)
-    mind = torch.zeros(n, device=points_t.device)
-    for s in starts.tolist():  # one pass per start: never an N × 10 matrix of copies
-        d = sq - 2.0 * (points_t[:, s] @ points_t) + sq[s]
-        mind += d.clamp_(min=0).sqrt_()
-    mind /= len(starts)
     buf = torch.empty(n, device=points_t.device)
-    rows = points_t.T  # (N, dim) view of the (dim, N) storage: a fast gemv on CPU
     chosen = torch.empty(k, dtype=torch.long)
-    for i in range(k):
+    if include_start:
+        if len(starts) != 1:
+            raise ValueError(f"include_start takes exactly one start point, got {len(starts)}")
+        first = int(starts[0])
+        chosen[0] = first
+        mind = _distances_to(points_t, sq, first, torch.empty(n, device=points_t.device))
+        mind[first] = 0.0  # rounding must not leave the chosen point selectable
+        done = 1
+    else:
+        mind = torch.zeros(n, device=points_t.device)
+        for s in starts.tolist():  # one pass per start: never an N × 10 matrix of copies
+            mind += _distances_to(points_t, sq, s, buf)
+        mind /= len(starts)
+        done = 0
+    for i in range(done, k):
         idx = int(torch.argmax(mind))
         chosen[i] = idx
-        c = points_t[:, idx]
-        torch.mv(rows, c, out=buf)
-        buf.mul_(-2.0).add_(sq).add_(sq[idx]).clamp_(min=0).sqrt_()
-        torch.minimum(mind, buf, out=mind)
+        torch.minimum(mind, _distances_to(points_t, sq, idx, buf), out=mind)
     return chosen
 
 
@@ -236,6 +293,11 @@ def coreset_indices(features: torch.Tensor, config: PatchCoreConfig, device=None
     g = torch.Generator().manual_seed(config.seed)
     if config.coreset == "random":
         return torch.randperm(n, generator=g)[:k]
+    if config.sampler == "anomalib":
+        w = sparse_projection_matrix(features.shape[1], johnson_lindenstrauss_dim(n, config.jl_eps), g)
+        points_t = project_rows(features, w, config.chunk_size, device)
+        start = torch.randint(n, (1,), generator=g)
+        return greedy_kcenter(points_t, k, start, include_start=True)
     if features.shape[1] == config.projection_dim:  # the official code skips an identity-sized projection
         device = features.device if device is None else device
         points_t = features.to(device).T.contiguous()
