@@ -57,7 +57,8 @@ def make_weights(work: Path) -> Path:
     return path
 
 
-def run_set(args, root: Path, category: str, layout: str, weights: Path, work: Path) -> dict:
+def run_timed(args, root: Path, category: str, layout: str, weights: Path, work: Path) -> dict:
+    """The timed runs of one set (``--repeats`` pairs); every set's run before any untimed one."""
     cat_work = work / f"{root.name}__{category}"
     runs = {"tabad": [], "anomalib": []}
     for rep in range(args.repeats):
@@ -85,7 +86,14 @@ def run_set(args, root: Path, category: str, layout: str, weights: Path, work: P
         runs["anomalib"].append({"process": proc, "result": aj})
         print(f"  {proc['wall_seconds']:.1f} s, fit {aj['timings']['fit_seconds']:.1f} s, "
               f"{proc['peak_rss_mb']:.0f} MB", flush=True)
+    return {"root": root, "category": category, "layout": layout, "cat_work": cat_work, "runs": runs,
+            "t_cmd": t_cmd, "a_cmd": a_cmd}
 
+
+def run_set(args, timed: dict, weights: Path) -> dict:
+    """The untimed runs of one set (coreset seeds, sampler, shared bank) and its report entry."""
+    root, category, layout, cat_work, runs, t_cmd, a_cmd = (timed[k] for k in (
+        "root", "category", "layout", "cat_work", "runs", "t_cmd", "a_cmd"))
     # Accuracy under other coreset seeds (tabad: projection + start points; anomalib: seed_everything,
     # its random start): how far the sampler alone moves each library. Not timed.
     for seed in range(1, args.coreset_seeds):
@@ -404,14 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     weights = make_weights(work)
-    sets = []
+    timed = []
     for spec in args.sets.split(","):
         sub, category, layout = spec.rsplit("/", 2)
         root = Path(args.data) / sub
         if not (root / category).is_dir():
             print(f"skipping {root / category}: not found", flush=True)
             continue
-        sets.append(run_set(args, root, category, layout, weights, work))
+        timed.append(run_timed(args, root, category, layout, weights, work))
+    sets = [run_set(args, t, weights) for t in timed]
     import tabad
 
     report = {"date": datetime.datetime.now().isoformat(timespec="minutes"),
