@@ -265,7 +265,7 @@ def greedy_kcenter(points_t: torch.Tensor, k: int, starts: torch.Tensor, include
         first = int(starts[0])
         chosen[0] = first
         mind = _distances_to(points_t, sq, first, torch.empty(n, device=points_t.device))
-        mind[first] = 0.0  # rounding must not leave the chosen point selectable
+        mind[first] = 0.0
         done = 1
     else:
         mind = torch.zeros(n, device=points_t.device)
@@ -277,6 +277,7 @@ def greedy_kcenter(points_t: torch.Tensor, k: int, starts: torch.Tensor, include
         idx = int(torch.argmax(mind))
         chosen[i] = idx
         torch.minimum(mind, _distances_to(points_t, sq, idx, buf), out=mind)
+        mind[idx] = 0.0  # the expansion's rounding must never leave a chosen point selectable again
     return chosen
 
 
