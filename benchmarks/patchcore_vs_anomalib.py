@@ -231,22 +231,28 @@ def _se_of_difference(a: list[float], b: list[float]) -> float | None:
     return (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
 
 
-def _score_tabad(t_dir: Path) -> dict:
+def _tabad_predictions(t_dir: Path) -> dict:
     import numpy as np
 
-    tp = dict(np.load(next((t_dir / "predictions").glob("*.npz"))))
-    return score_with_tabad(tp["labels"], tp["scores"], tp["masks"], tp["maps"])
+    return dict(np.load(next((t_dir / "predictions").glob("*.npz"))))
+
+
+def _score(pred: dict) -> dict:
+    return score_with_tabad(pred["labels"], pred["scores"], pred["masks"], pred["maps"])
+
+
+def _score_tabad(t_dir: Path) -> dict:
+    return _score(_tabad_predictions(t_dir))
 
 
 def _score_pair(t_dir: Path, a_dir: Path) -> dict:
     """Both libraries' predictions scored by tabad.metrics; anomalib's also on tabad's masks."""
     import numpy as np
 
-    ap = dict(np.load(a_dir / "predictions.npz"))
-    tp = dict(np.load(next((t_dir / "predictions").glob("*.npz"))))
-    m_a = score_with_tabad(ap["labels"], ap["scores"], ap["masks"], ap["maps"])
+    ap, tp = dict(np.load(a_dir / "predictions.npz")), _tabad_predictions(t_dir)
+    m_a = _score(ap)
     agreement = compare_predictions(ap, tp)
-    return {"tabad": score_with_tabad(tp["labels"], tp["scores"], tp["masks"], tp["maps"]), "anomalib": m_a,
+    return {"tabad": _score(tp), "anomalib": m_a,
             "anomalib_on_tabad_masks": agreement.get("anomalib_maps_on_tabad_masks") or m_a, "agreement": agreement}
 
 
