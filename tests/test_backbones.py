@@ -13,14 +13,15 @@ import torch
 import torchvision
 
 from tabad.backbones import (
-    ARCHITECTURES,
     LAYERS,
-    Backbone,
     build_backbone,
     load_weights,
     state_dict_sha256,
     weights_label,
 )
+from tabad.backbones.base import FeatureExtractor
+from tabad.backbones.resnet import CHANNELS as ARCHITECTURES
+from tabad.backbones.resnet import RESNET
 from tabad.errors import TabadError, WeightsError
 
 
@@ -43,7 +44,7 @@ def tv_state_dict() -> dict:
 
 
 @pytest.fixture(scope="module")
-def backbone() -> Backbone:
+def backbone() -> FeatureExtractor:
     return build_backbone("resnet18", "random", seed=0)
 
 
@@ -159,7 +160,7 @@ def test_layer_outputs_equal_plain_torchvision_forward(backbone):
 def test_contiguous_layout_is_bit_identical_to_plain_torchvision_forward():
     # The side-by-side benchmarks rely on it: same weights, same input, same bits.
     model, info = _random("random", 0)
-    bb = Backbone(copy.deepcopy(model), info, memory_format="contiguous")  # the cached model stays as it was
+    bb = FeatureExtractor(RESNET, copy.deepcopy(model), info, memory_format="contiguous")  # the cached model stays as it was
     ref = torchvision.models.resnet18(weights=None)
     ref.load_state_dict(bb.model.state_dict())
     ref.eval()

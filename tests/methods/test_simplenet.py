@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tabad.backbones import build_backbone
+from tabad.methods.base import FitContext
 from tabad.errors import ConfigError, TabadError
 from tabad.methods import REGISTRY, create_method, method_names
 from tabad.methods.simplenet import (SimpleNet, SimpleNetConfig, default_embed_dim, stream_seed,
@@ -118,7 +119,7 @@ def test_truncated_l1_by_hand():
 
 def test_train_epoch_is_one_official_step(backbone, images):
     cfg = {**SMALL, "epochs": 1, "noise_std": 0.05}
-    model = create_method("simplenet", backbone, cfg).fit([images[0][:2], images[0][2:]], seed=3)
+    model = create_method("simplenet", backbone, cfg).fit([images[0][:2], images[0][2:]], FitContext(seed=3))
     # Replay the single step (5 images, batch 8) by hand from the documented seeds.
     ref = create_method("simplenet", backbone, cfg)
     ref.reset_parameters(3)
@@ -145,9 +146,9 @@ def test_fit_is_deterministic_and_leaves_backbone_and_global_rng(backbone, image
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     rng = torch.random.get_rng_state()
     batches = [images[0][:3], images[0][3:]]
-    a = create_method("simplenet", backbone, {**SMALL, "epochs": 2, "batch_size": 2}).fit(batches, seed=0)
-    b = create_method("simplenet", backbone, {**SMALL, "epochs": 2, "batch_size": 2}).fit(batches, seed=0)
-    c = create_method("simplenet", backbone, {**SMALL, "epochs": 2, "batch_size": 2}).fit(batches, seed=1)
+    a = create_method("simplenet", backbone, {**SMALL, "epochs": 2, "batch_size": 2}).fit(batches, FitContext(seed=0))
+    b = create_method("simplenet", backbone, {**SMALL, "epochs": 2, "batch_size": 2}).fit(batches, FitContext(seed=0))
+    c = create_method("simplenet", backbone, {**SMALL, "epochs": 2, "batch_size": 2}).fit(batches, FitContext(seed=1))
     assert _same_state(_state(a), _state(b)) and not _same_state(_state(a), _state(c))
     assert [e["loss"] for e in a.train_log] == [e["loss"] for e in b.train_log]
     assert torch.equal(torch.random.get_rng_state(), rng)
@@ -161,10 +162,10 @@ def test_resume_equals_uninterrupted(backbone, images, tmp_path):
     batches = [images[0][:3], images[0][3:]]
     cfg = {**SMALL, "batch_size": 2}
     ckpt, key = tmp_path / "sn.train.pt", "run-key"
-    create_method("simplenet", backbone, {**cfg, "epochs": 1}).fit(batches, checkpoint=ckpt, key=key, seed=0)
-    resumed = create_method("simplenet", backbone, {**cfg, "epochs": 2}).fit(batches, checkpoint=ckpt, key=key,
-                                                                             seed=0)
-    straight = create_method("simplenet", backbone, {**cfg, "epochs": 2}).fit(batches, seed=0)
+    create_method("simplenet", backbone, {**cfg, "epochs": 1}).fit(batches, FitContext(checkpoint=ckpt, key=key, seed=0))
+    resumed = create_method("simplenet", backbone, {**cfg, "epochs": 2}).fit(batches, FitContext(checkpoint=ckpt, key=key,
+                                                                             seed=0))
+    straight = create_method("simplenet", backbone, {**cfg, "epochs": 2}).fit(batches, FitContext(seed=0))
     assert _same_state(_state(resumed), _state(straight))
     drop = ("seconds", "images_per_second")
     strip = lambda log: [{k: v for k, v in e.items() if k not in drop} for e in log]  # noqa: E731

@@ -32,10 +32,12 @@ class LoadedSplit:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def batches(self, batch_size: int, device="cpu", *, normalise: bool = True) -> "Batches":
+    def batches(self, batch_size: int, device="cpu", *, normalise=True) -> "Batches":
         """Normalised float batches (B, 3, H, W) in order; re-iterable, with shuffled epochs.
 
-        ``normalise=False`` gives [0, 1] floats (RegAD's input, methods.md §4).
+        ``normalise`` is a method's ``normalisation`` (an object with ``mean``
+        and ``std``), True for ImageNet statistics, or False / None for [0, 1]
+        floats (RegAD's input, methods.md §4).
         """
         return Batches(self.images, batch_size, device, normalise)
 
@@ -53,7 +55,8 @@ class Batches:
     images: "object"  # torch.Tensor uint8 (N, 3, H, W)
     batch_size: int
     device: "object" = "cpu"
-    normalise: bool = True
+    #: True (ImageNet statistics), an object with ``mean`` and ``std``, or False / None ([0, 1] floats).
+    normalise: "object" = True
 
     def __len__(self) -> int:  # batches per pass
         return -(-len(self.images) // self.batch_size)
@@ -64,7 +67,11 @@ class Batches:
 
     def _convert(self, x):
         x = x.to(self.device)
-        return normalize(x) if self.normalise else x.float().div_(255.0)
+        if self.normalise is True:
+            return normalize(x)
+        if not self.normalise:
+            return x.float().div_(255.0)
+        return normalize(x, self.normalise.mean, self.normalise.std)
 
     def __iter__(self) -> Iterator["object"]:
         for i in range(0, len(self.images), self.batch_size):

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from tabad.backbones import Backbone
+from tabad.backbones.base import FeatureExtractor
+from tabad.datasets.transforms import Geometry
 from tabad.errors import ConfigError, TabadError
+from tabad.methods.base import AnomalyModel, AnomalyOutput, FitContext
 from tabad.methods.common import gaussian_blur, upsample
 
 #: Reference channel-subset sizes per architecture (methods.md §1).
@@ -41,6 +42,9 @@ DEFAULT_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
 @dataclass(frozen=True)
 class PadimConfig:
     """PaDiM hyperparameters; defaults are the reference's."""
+
+    #: the reference's input: resize 256, centre crop 224.
+    paper_geometry: ClassVar[Geometry] = Geometry(256, 224)
 
     layers: tuple[str, ...] = ("layer1", "layer2", "layer3")
     #: channels kept: an int, "all", or None for the per-architecture default.
@@ -68,15 +72,15 @@ def select_channels(total: int, n_features: int | str | None, arch: str, seed: i
     return random.Random(seed).sample(range(total), d)
 
 
-class Padim(nn.Module):
-    """PaDiM on a frozen backbone. ``fit`` then ``predict`` (see :mod:`tabad.methods`)."""
+class Padim(AnomalyModel):
+    """PaDiM on a frozen backbone: ``fit`` then ``model(x)`` (:mod:`tabad.methods.base`)."""
 
     name = "padim"
+    config_class = PadimConfig
+    fitted_attributes = ("grid",)
 
-    def __init__(self, backbone: Backbone, config: PadimConfig = PadimConfig()):
-        super().__init__()
-        self.backbone = backbone
-        self.config = config
+    def __init__(self, backbone: FeatureExtractor, config: PadimConfig = PadimConfig()):
+        super().__init__(backbone, config)
         widths = backbone.channels(config.layers)
         idx = select_channels(sum(widths), config.n_features, backbone.arch, config.channel_seed)
         # The Mahalanobis distance does not depend on the order of the channels, so the
@@ -108,11 +112,11 @@ class Padim(nn.Module):
         return torch.cat(parts, dim=1)
 
     @torch.no_grad()
-    def fit(self, batches: Iterable[torch.Tensor]) -> "Padim":
+    def fit(self, data: Iterable[torch.Tensor], context: FitContext | None = None) -> "Padim":
         """Per-position mean and regularised covariance from normal training batches."""
         n = 0
         shift = s1 = s2 = None
-        for x in batches:
+        for x in data:
             e = self.embed(x)  # (B, d, h, w)
             b, d, h, w = e.shape
             v = e.permute(2, 3, 0, 1).reshape(h * w, b, d)  # (P, B, d)
@@ -150,8 +154,8 @@ class Padim(nn.Module):
         return dist2.sqrt().T.reshape(b, h, w)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
         """Image scores (B,) and smoothed anomaly maps (B, H, W) at the input size."""
         maps = upsample(self.distance_grid(x), tuple(x.shape[-2:]), align_corners=False)
         maps = gaussian_blur(maps, self.config.sigma)
-        return maps.flatten(1).amax(dim=1), maps
+        return AnomalyOutput(maps.flatten(1).amax(dim=1), maps)

@@ -63,14 +63,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tabad.backbones import LAYERS, Backbone
+from tabad.backbones import LAYERS
+from tabad.backbones.base import FeatureExtractor
+from tabad.datasets.transforms import Geometry
 from tabad.errors import ConfigError, TabadError
+from tabad.methods.base import AnomalyModel, AnomalyOutput, FitContext
 from tabad.methods.common import gaussian_blur, upsample
 
 AGGREGATIONS = ("avgpool", "official")
@@ -83,6 +86,9 @@ DISTANCES = ("euclidean", "squared")
 class PatchCoreConfig:
     """PatchCore hyperparameters; defaults are the official IM224 run (methods.md §5)
     adapted to the backbone (see the module docstring for ``aggregation``)."""
+
+    #: the official IM224 input: resize 256, centre crop 224.
+    paper_geometry: ClassVar[Geometry] = Geometry(256, 224)
 
     layers: tuple[str, ...] = ("layer2", "layer3")
     #: neighbourhood size p of the locally aware features (paper §3.1).
@@ -365,19 +371,23 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chu
 # --------------------------------------------------------------------------- the method
 
 
-class PatchCore(nn.Module):
-    """PatchCore on a frozen backbone. ``fit`` then ``predict`` (see :mod:`tabad.methods`)."""
+class PatchCore(AnomalyModel):
+    """PatchCore on a frozen backbone: ``fit`` then ``model(x)`` (:mod:`tabad.methods.base`)."""
 
     name = "patchcore"
+    config_class = PatchCoreConfig
+    fitted_attributes = ("grid", "n_patches")
 
-    def __init__(self, backbone: Backbone, config: PatchCoreConfig = PatchCoreConfig()):
-        super().__init__()
-        self.backbone = backbone
-        self.config = config
+    def __init__(self, backbone: FeatureExtractor, config: PatchCoreConfig = PatchCoreConfig()):
+        super().__init__(backbone, config)
         self.register_buffer("memory_bank", torch.empty(0))
         self.register_buffer("_bank_sq", torch.empty(0), persistent=False)
         self.grid: tuple[int, int] | None = None
+        self.n_patches: int | None = None
         self.use_faiss = True
+
+    def after_load(self) -> None:
+        self._bank_sq = (self.memory_bank * self.memory_bank).sum(1)
 
     @property
     def is_fitted(self) -> bool:
@@ -385,7 +395,7 @@ class PatchCore(nn.Module):
 
     def summary(self) -> dict:
         """Recorded with each benchmark result."""
-        return {"memory_bank": list(self.memory_bank.shape), "n_training_patches": getattr(self, "n_patches", None)}
+        return {"memory_bank": list(self.memory_bank.shape), "n_training_patches": self.n_patches}
 
     @property
     def embed_dim(self) -> int:
@@ -406,10 +416,10 @@ class PatchCore(nn.Module):
         return e.permute(0, 2, 3, 1).reshape(-1, e.shape[1])
 
     @torch.no_grad()
-    def fit(self, batches: Iterable[torch.Tensor]) -> "PatchCore":
+    def fit(self, data: Iterable[torch.Tensor], context: FitContext | None = None) -> "PatchCore":
         """Collect every training patch (float32, CPU), keep a coreset as the memory bank (§3.2)."""
         chunks = []
-        for x in batches:
+        for x in data:
             e = self.embed(x)
             self.grid = tuple(e.shape[-2:])
             chunks.append(self._rows(e).to("cpu", torch.float32))
@@ -469,7 +479,7 @@ class PatchCore(nn.Module):
         return 1.0 - torch.softmax(dist, dim=1)[:, 0]
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
         """Image scores (B,) and smoothed anomaly maps (B, H, W) at the input size (§3.3)."""
         grid, nn_idx, rows = self.patch_scores(x)
         scores = grid.flatten(1).amax(dim=1)
@@ -477,4 +487,4 @@ class PatchCore(nn.Module):
             scores = scores * self.reweight_weights(grid, nn_idx, rows)
         maps = upsample(grid, tuple(x.shape[-2:]), align_corners=False)
         maps = gaussian_blur(maps, self.config.sigma)
-        return scores, maps
+        return AnomalyOutput(scores, maps)

@@ -70,15 +70,18 @@ work.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from tabad.backbones import Backbone
+from tabad.backbones.base import FeatureExtractor
+from tabad.datasets.loader import Batches
+from tabad.datasets.transforms import Geometry
 from tabad.errors import ConfigError, TabadError
+from tabad.methods.base import AnomalyModel, AnomalyOutput, FitContext
 from tabad.methods.common import BLUR_PADDINGS, gaussian_blur, upsample
 from tabad.methods.training import autocast, run_epochs
 
@@ -96,6 +99,9 @@ ARCHS: dict[str, tuple[type, int, tuple[int, int, int], int]] = {
 @dataclass(frozen=True)
 class Rd4adConfig:
     """RD4AD hyperparameters; defaults are the official code's (methods.md §2)."""
+
+    #: the official input: 256 x 256, no crop.
+    paper_geometry: ClassVar[Geometry] = Geometry(256, None)
 
     #: teacher layers; the architecture is built for exactly layer1-3.
     layers: tuple[str, ...] = LAYERS
@@ -307,22 +313,22 @@ def anomaly_map(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor]
 # --------------------------------------------------------------------------- method
 
 
-class Rd4ad(nn.Module):
-    """RD4AD on a frozen teacher backbone. ``fit`` then ``predict`` (see :mod:`tabad.methods`)."""
+class Rd4ad(AnomalyModel):
+    """RD4AD on a frozen teacher backbone: ``fit`` then ``model(x)`` (:mod:`tabad.methods.base`)."""
 
     name = "rd4ad"
+    config_class = Rd4adConfig
+    trains = True
 
-    def __init__(self, backbone: Backbone, config: Rd4adConfig = Rd4adConfig()):
-        super().__init__()
+    def __init__(self, backbone: FeatureExtractor, config: Rd4adConfig = Rd4adConfig()):
         if backbone.arch not in ARCHS:
+            # The student mirrors the teacher's ResNet stages (paper §3.2): other families have no de-ResNet.
             raise TabadError(f"rd4ad supports the backbones {sorted(ARCHS)}, not {backbone.arch!r}")
-        self.backbone = backbone  # not an nn.Module: never in state_dict(), never trained
-        self.config = config
+        super().__init__(backbone, config)  # the frozen teacher is saved with the model, never trained
         self.ocbe = Ocbe(backbone.arch)
         self.student = DeResNet(backbone.arch)
         self._optimizer: torch.optim.Optimizer | None = None
         self._seed = 0
-        self.train_log: list[dict] = []
 
     # ----------------------------------------------------------------- training
     @property
@@ -343,7 +349,7 @@ class Rd4ad(nn.Module):
             feats = self.backbone(x, self.config.layers)
         return [feats[name].float() for name in self.config.layers]
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher and student features, (E_1..3, D_1..3)."""
         t = self.teacher_features(x)
         return t, self.student(self.ocbe(t))
@@ -355,7 +361,7 @@ class Rd4ad(nn.Module):
         opt = self.optimizer
         total, n = 0.0, 0
         for x in batches.epoch(epoch, seed=self._seed, drop_last=True):
-            t, s = self(x)
+            t, s = self.features(x)
             loss = distillation_loss(t, s, self.config.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -369,25 +375,26 @@ class Rd4ad(nn.Module):
     def training_state(self) -> dict[str, object]:
         return {"ocbe": self.ocbe, "student": self.student, "optimizer": self.optimizer}
 
-    def fit(self, batches, *, checkpoint=None, key: str = "", progress: bool = False, seed: int = 0) -> "Rd4ad":
+    def fit(self, data: Batches, context: FitContext | None = None) -> "Rd4ad":
         """Train OCBE + student for ``config.epochs`` epochs (resumable), then switch them to eval."""
-        if not hasattr(batches, "epoch"):
+        if not isinstance(data, Batches):
             raise TypeError("rd4ad.fit needs a re-iterable Batches (LoadedSplit.batches(...)), "
-                            f"got {type(batches).__name__}")
-        self._seed = int(seed)
-        self.train_log = run_epochs(self, batches, self.config.epochs, checkpoint=checkpoint, key=key,
-                                    progress=progress, desc="rd4ad")
+                            f"got {type(data).__name__}")
+        ctx = context or FitContext()
+        self._seed = int(ctx.seed)
+        self.train_log = run_epochs(self, data, self.config.epochs, checkpoint=ctx.checkpoint, key=ctx.key,
+                                    progress=ctx.progress, desc="rd4ad")
         self.ocbe.eval()
         self.student.eval()
         return self
 
     # ----------------------------------------------------------------- scoring
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
         """Image scores (B,) and smoothed anomaly maps (B, H, W) at the input size."""
         self.ocbe.eval()
         self.student.eval()
-        t, s = self(x)
+        t, s = self.features(x)
         maps = anomaly_map(t, s, tuple(x.shape[-2:]), self.config.map_mode)
         maps = gaussian_blur(maps, self.config.sigma, padding=self.config.blur_padding)
-        return maps.flatten(1).amax(dim=1), maps
+        return AnomalyOutput(maps.flatten(1).amax(dim=1), maps)

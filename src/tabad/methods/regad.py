@@ -76,15 +76,16 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import ClassVar, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tabad.backbones import Backbone
-from tabad.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tabad.backbones.base import FeatureExtractor, Normalisation
+from tabad.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, Geometry
 from tabad.errors import ConfigError, TabadError
+from tabad.methods.base import FEW_SHOT, AnomalyModel, AnomalyOutput, FitContext
 from tabad.methods.common import gaussian_blur, upsample
 from tabad.methods.training import run_epochs
 
@@ -112,6 +113,9 @@ N_AUGMENTED = 1 + len(ROTATIONS) + len(TRANSLATIONS) + 1 + 1 + 3
 @dataclass(frozen=True)
 class RegADConfig:
     """RegAD hyperparameters; defaults are the official code's."""
+
+    #: the official input: Resize(224), no crop (methods.md §4).
+    paper_geometry: ClassVar[Geometry] = Geometry(224, None)
 
     epochs: int = 50
     #: queries per training step (all of one category).
@@ -380,18 +384,41 @@ def lowrank_mahalanobis(e: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor
 # --------------------------------------------------------------------------- the method
 
 
-class RegAD(nn.Module):
-    """RegAD on a copy of ``backbone``'s network: ``fit_registration``, ``fit_support``, ``predict``."""
+@dataclass
+class FewShotData:
+    """What RegAD's ``fit`` learns from: the K support images of the target, and (to train the
+    registration network first) the normal images of the *other* categories."""
+
+    #: uint8 (K, 3, H, W), or float in [0, 1].
+    support: torch.Tensor
+    #: category -> uint8 images (N, 3, H, W) or a LoadedSplit; None when the network is already trained.
+    train_sets: Mapping[str, object] | None = None
+
+
+class RegAD(AnomalyModel):
+    """RegAD on a copy of ``backbone``'s network: ``fit_registration``, ``fit_support``, ``model(x)``.
+
+    ``fit(FewShotData(support, train_sets))`` does both steps; the few-shot
+    protocol calls them apart, to score many support draws with one trained network.
+    """
 
     name = "regad"
+    kind = FEW_SHOT
+    trains = True
+    config_class = RegADConfig
+    fitted_attributes = ("grid",)
 
-    def __init__(self, backbone: Backbone, config: RegADConfig = RegADConfig()):
-        super().__init__()
+    def __init__(self, backbone: FeatureExtractor, config: RegADConfig = RegADConfig()):
+        if backbone.family.name != "resnet":
+            # The STNs sit between ResNet's stages (paper §3.2); other families have no such layout yet.
+            raise TabadError(f"regad needs a ResNet backbone, not {backbone.arch!r}")
+        super().__init__(None, config)
+        self._backbone_description = backbone.describe()
+        self._backbone_normalisation = backbone.normalisation
         if config.stn_mode not in STN_IDENTITY:
             raise ConfigError(f"stn_mode {config.stn_mode!r} is not one of {', '.join(STN_IDENTITY)}")
         if config.shots < 1 or config.batch_size < 1 or config.epochs < 0:
             raise ConfigError("RegAD needs shots >= 1, batch_size >= 1 and epochs >= 0")
-        self.config = config
         self.input_normalisation = bool(config.input_normalisation)
         resnet = copy.deepcopy(backbone.model).to(memory_format=torch.contiguous_format)
         channels = backbone.channels(("layer1", "layer2", "layer3"))
@@ -403,8 +430,23 @@ class RegAD(nn.Module):
         self.grid: tuple[int, int] | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._epochs = config.epochs
-        self.train_log: list[dict] | None = None
         self.eval()
+
+    @property
+    def normalisation(self) -> Normalisation | None:
+        # The official RegAD feeds [0, 1] images (methods.md §4); input_normalisation=True standardises.
+        return self._backbone_normalisation if self.input_normalisation else None
+
+    def backbone_description(self) -> dict:
+        return self._backbone_description
+
+    def fit(self, data: FewShotData, context: FitContext | None = None) -> "RegAD":
+        """Train the registration network on ``data.train_sets`` (if given), then fit the support Gaussian."""
+        ctx = context or FitContext(seed=668)
+        if data.train_sets is not None:
+            self.fit_registration(data.train_sets, checkpoint=ctx.checkpoint, key=ctx.key, progress=ctx.progress,
+                                  seed=ctx.seed)
+        return self.fit_support(data.support)
 
     # ----------------------------------------------------------------- training
 
@@ -507,8 +549,8 @@ class RegAD(nn.Module):
         return lowrank_mahalanobis(self.embed(x), self.mean, self.basis, self.config.epsilon)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
         """Image scores (B,) and smoothed anomaly maps (B, H, W) of model inputs ``x``."""
         maps = upsample(self.distance_grid(x), tuple(x.shape[-2:]), align_corners=False)
         maps = gaussian_blur(maps, self.config.sigma)
-        return maps.flatten(1).amax(dim=1), maps
+        return AnomalyOutput(maps.flatten(1).amax(dim=1), maps)

@@ -81,14 +81,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from tabad.backbones import LAYERS, Backbone
+from tabad.backbones import LAYERS
+from tabad.backbones.base import FeatureExtractor
+from tabad.datasets.transforms import Geometry
 from tabad.errors import ConfigError, TabadError
+from tabad.methods.base import AnomalyModel, AnomalyOutput, FitContext
 from tabad.methods.common import gaussian_blur, upsample
 from tabad.methods.patchcore import aggregate_patches
 from tabad.methods.training import autocast, run_epochs
@@ -103,6 +106,9 @@ _INIT, _ORDER, _NOISE = 0, 1, 2
 @dataclass(frozen=True)
 class SimpleNetConfig:
     """SimpleNet hyperparameters; defaults are the official ``run.sh`` (methods.md §3)."""
+
+    #: the official input: resize 329, centre crop 288.
+    paper_geometry: ClassVar[Geometry] = Geometry(329, 288)
 
     layers: tuple[str, ...] = ("layer2", "layer3")
     #: neighbourhood size of the locally aware features.
@@ -178,18 +184,19 @@ class Discriminator(nn.Sequential):
         super().__init__(*blocks, nn.Linear(width, 1, bias=False))
 
 
-class SimpleNet(nn.Module):
-    """SimpleNet on a frozen backbone. ``fit`` then ``predict`` (see :mod:`tabad.methods`)."""
+class SimpleNet(AnomalyModel):
+    """SimpleNet on a frozen backbone: ``fit`` then ``model(x)`` (:mod:`tabad.methods.base`)."""
 
     name = "simplenet"
+    config_class = SimpleNetConfig
+    trains = True
+    fitted_attributes = ("grid", "is_fitted", "feature_std")
 
-    def __init__(self, backbone: Backbone, config: SimpleNetConfig = SimpleNetConfig()):
-        super().__init__()
-        self.backbone = backbone
+    def __init__(self, backbone: FeatureExtractor, config: SimpleNetConfig = SimpleNetConfig()):
         if config.embed_dim is None:  # resolved, so results record the dimension actually used
             channels = backbone.channels(config.layers)
             config = replace(config, embed_dim=default_embed_dim(backbone.arch, channels, config.patch_size))
-        self.config = config
+        super().__init__(backbone, config)
         self.embed_dim: int = config.embed_dim
         with torch.random.fork_rng(devices=[]):  # the default init is overwritten by reset_parameters
             self.adaptor = nn.Linear(self.embed_dim, self.embed_dim)
@@ -197,7 +204,6 @@ class SimpleNet(nn.Module):
         self.reset_parameters(0)
         self.is_fitted = False
         self.grid: tuple[int, int] | None = None
-        self.train_log: list[dict] | None = None
         self.feature_std: float | None = None
         self._seed = 0
         self._cache: torch.Tensor | None = None  # (N, h·w, D) pre-adaptor training features
@@ -293,14 +299,15 @@ class SimpleNet(nn.Module):
         self._cache = self.extract(batches)
         self.feature_std = float(self._cache.std())
 
-    def fit(self, batches, *, checkpoint=None, key: str = "", progress: bool = False, seed: int = 0) -> "SimpleNet":
+    def fit(self, data, context: FitContext | None = None) -> "SimpleNet":
         """Train G and D for ``config.epochs`` epochs (resumable, see :func:`run_epochs`); keep the last state."""
-        self._seed = int(seed)
+        ctx = context or FitContext()
+        self._seed = int(ctx.seed)
         self.reset_parameters(self._seed)
-        self._build_cache(batches)
+        self._build_cache(data)
         try:
-            self.train_log = run_epochs(self, batches, self.config.epochs, checkpoint=checkpoint, key=key,
-                                        progress=progress, desc="simplenet")
+            self.train_log = run_epochs(self, data, self.config.epochs, checkpoint=ctx.checkpoint, key=ctx.key,
+                                        progress=ctx.progress, desc="simplenet")
         finally:
             self._cache = None  # frees N·h·w·D floats
         self.eval()
@@ -321,9 +328,9 @@ class SimpleNet(nn.Module):
         return -self.discriminator(self.adaptor(rows)).reshape(b, h, w)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> AnomalyOutput:
         """Image scores (B,) = max raw patch score, and smoothed anomaly maps (B, H, W) at the input size."""
         grid = self.patch_scores(x)
         scores = grid.flatten(1).amax(dim=1)
         maps = gaussian_blur(upsample(grid, tuple(x.shape[-2:]), align_corners=False), self.config.sigma)
-        return scores, maps
+        return AnomalyOutput(scores, maps)
