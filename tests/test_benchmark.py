@@ -68,9 +68,9 @@ def fit_calls(monkeypatch):
     calls: list[int] = []
     original = Padim.fit
 
-    def counting_fit(self, batches):
+    def counting_fit(self, batches, context=None):
         calls.append(1)
-        return original(self, batches)
+        return original(self, batches, context)
 
     monkeypatch.setattr(Padim, "fit", counting_fit)
     return calls
@@ -354,12 +354,69 @@ def test_cross_dataset_weights_are_named(tiny_mvtec, tmp_path):
 
 def test_paper_geometry_per_method(tiny_mvtec, tmp_path, monkeypatch):
     """geometry="paper": each method is fed its reference input size; the splits are decoded per geometry."""
-    import tabad.benchmark as bm
+    from tabad.datasets.transforms import Geometry
+    from tabad.methods.padim import PadimConfig
+    from tabad.methods.patchcore import PatchCoreConfig
 
-    monkeypatch.setitem(bm.PAPER_GEOMETRY, "padim", (48, None))
-    monkeypatch.setitem(bm.PAPER_GEOMETRY, "patchcore", (40, 32))
+    # Each method's config class owns its reference geometry.
+    assert PadimConfig.paper_geometry == Geometry(256, 224)
+    monkeypatch.setattr(PadimConfig, "paper_geometry", Geometry(48, None))
+    monkeypatch.setattr(PatchCoreConfig, "paper_geometry", Geometry(40, 32))
     report = run_benchmark(_cfg(tiny_mvtec, tmp_path / "out", methods=["padim", "patchcore"], geometry="paper"),
                            log=_quiet)
     sizes = {r["method"]: r["image_size"] for r in report["results"]}
     assert sizes == {"padim": [48, 48], "patchcore": [32, 32]}
     assert report["provenance"]["method_geometry"]["padim"] == {"resize": 48, "crop": None}
+
+
+# --------------------------------------------------------------------------- methods without a backbone
+
+
+def test_method_without_backbone_runs_once_per_category(tiny_mvtec, tmp_path, monkeypatch):
+    """uses_backbone=False (DRAEM, the auto-encoder): one pair per category, whatever the weights sources."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    import torch
+
+    from tabad.datasets.transforms import Geometry
+    from tabad.methods import REGISTRY
+    from tabad.methods.base import AnomalyModel, AnomalyOutput
+
+    @dataclass(frozen=True)
+    class MeanImageConfig:
+        paper_geometry: ClassVar[Geometry] = Geometry(64, None)
+        batch_size: int = 4
+
+    class MeanImage(AnomalyModel):
+        """|x - mean training image|: a method with no backbone at all."""
+
+        name = "mean-image"
+        uses_backbone = False
+        config_class = MeanImageConfig
+
+        def __init__(self, backbone, config=MeanImageConfig()):
+            assert backbone is None
+            super().__init__(backbone, config)
+            self.register_buffer("mean", torch.empty(0))
+
+        @property
+        def normalisation(self):
+            return None
+
+        def fit(self, data, context=None):
+            self.mean = torch.cat(list(data)).mean(0)
+            return self
+
+        def forward(self, x):
+            maps = (x - self.mean).abs().mean(1)
+            return AnomalyOutput(maps.flatten(1).amax(1), maps)
+
+    monkeypatch.setitem(REGISTRY, "mean-image", MeanImage)
+    report = run_benchmark(_cfg(tiny_mvtec, tmp_path / "out", methods=["padim", "mean-image"],
+                                weights=["random:0", "random:1"], categories=None), log=_quiet)
+    rows = [(r["category"], r["method"], r["weights"]) for r in report["results"]]
+    assert sorted(r for r in rows if r[1] == "mean-image") == [("obj", "mean-image", "own"), ("tex", "mean-image", "own")]
+    assert sum(r[1] == "padim" for r in rows) == 4
+    own = [r for r in report["results"] if r["method"] == "mean-image"]
+    assert all(r["weights_sha256"] == "" and r["image_auroc"] > 0.9 for r in own)  # bright squares are found

@@ -132,20 +132,20 @@ def test_fine_tune_resumes_from_its_epoch_checkpoint(tiny_wafers, tmp_path, monk
     cfg = dict(epochs=2, modes=["fine-tune"], augment=False)
     full = run_classify(_cfg(tiny_wafers, tmp_path / "full", **cfg), log=lambda s: None)["results"][0]
     # interrupt the same run right after its first epoch checkpoint is written
-    real_write = C.atomic_write
+    real_write = C.atomic_write_torch
 
-    def write_then_stop(path, write):
-        real_write(path, write)
+    def write_then_stop(path, obj):
+        real_write(path, obj)
         if str(path).endswith(".train.pt"):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(C, "atomic_write", write_then_stop)
+    monkeypatch.setattr(C, "atomic_write_torch", write_then_stop)
     out = tmp_path / "cut"
     with pytest.raises(KeyboardInterrupt):
         run_classify(_cfg(tiny_wafers, out, **cfg), log=lambda s: None)
     ck = out / "pairs" / "random-0__fine-tune.train.pt"
     assert torch.load(ck, weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(C, "atomic_write", real_write)
+    monkeypatch.setattr(C, "atomic_write_torch", real_write)
     resumed = run_classify(_cfg(tiny_wafers, out, **cfg), log=lambda s: None)["results"][0]
     assert [e["loss"] for e in resumed["train_log"]] == pytest.approx([e["loss"] for e in full["train_log"]])
     assert resumed["f1"] == pytest.approx(full["f1"]) and not ck.exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tabad
-from tabad.cli import _parse_sets, build_parser, main
+from tabad.cli import build_parser, main
 
 _BACKBONES: dict = {}
 
@@ -122,32 +122,31 @@ def test_config_file_settings_and_flags_win(tmp_path):
 
 
 # --------------------------------------------------------------------------- --set / --config
-
-
-def test_parse_sets_values():
-    sets = _parse_sets(["padim.n_features=all", "padim.sigma=2.5", "padim.batch_size=8",
-                        "padim.layers=[layer1, layer2]", "other.name=a=b"])
-    assert sets == {
-        "padim": {"n_features": "all", "sigma": 2.5, "batch_size": 8, "layers": ("layer1", "layer2")},
-        "other": {"name": "a=b"},
-    }
-    assert _parse_sets(None) == {}
+# (the parsing itself is tested in test_config.py; here: the CLI reports its errors)
 
 
 @pytest.mark.parametrize("item", ["padim", "padim.n_features", "n_features=20", "=3"])
-def test_set_with_bad_syntax_fails_clearly(item, tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        main(["benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--set", item])
-    message = str(exc.value.code)
-    assert message.startswith("error:") and "METHOD.KEY=VALUE" in message and repr(item) in message
+def test_set_with_bad_syntax_fails_clearly(item, tmp_path, capsys):
+    rc = main(["benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--set", item])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "METHOD.KEY=VALUE" in err and repr(item) in err
+    assert "Traceback" not in err
 
 
-def test_config_file_that_is_not_a_mapping(tmp_path):
+def test_config_file_that_is_not_a_mapping(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("- 1\n- 2\n")
-    with pytest.raises(SystemExit) as exc:
-        main(["benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(cfg)])
-    assert str(cfg) in str(exc.value.code)
+    rc = main(["benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(cfg)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and str(cfg) in err
+
+
+def test_missing_config_file_is_exit_2_with_path(tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert main(["benchmark", "--out", str(tmp_path / "o"), "--config", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- errors
@@ -222,11 +221,18 @@ def test_benchmark_end_to_end(tiny_mvtec, tmp_path, capsys, cached_backbones):
     assert (out / "panels" / "obj__padim.png").is_file()
 
 
-def test_layout_choices_match_the_readers():
-    from tabad.cli import LAYOUT_CHOICES
-    from tabad.datasets.readers import ALL_LAYOUTS
+def test_layout_choices_come_from_the_layout_registry(capsys):
+    from tabad.datasets.layouts import ALL_LAYOUTS
 
-    assert tuple(LAYOUT_CHOICES) == tuple(ALL_LAYOUTS)
+    for name in ("auto", *ALL_LAYOUTS):
+        assert build_parser().parse_args(["pretrain", "--data", "d", "--out", "o", "--layout", name]).layout == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["pretrain", "--data", "d", "--out", "o", "--layout", "mvtec-ad"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    text = capsys.readouterr().out
+    assert all(name in text for name in ALL_LAYOUTS)
 
 
 def test_regad_is_routed_to_the_fewshot_protocol(tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tabad.cli import BENCHMARK_SETTINGS, _benchmark_settings, build_parser
+from tabad.cli import _benchmark_settings, build_parser
+from tabad.config import RUN_SETTINGS
 from tabad.methods import config_class, method_names
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -28,6 +29,6 @@ def test_config_resolves(path):
         known = {f.name for f in fields(config_class(method))}
         assert set(opts) <= known, (method, set(opts) - known)
         config_class(method)(**opts)  # the values are valid, too
-    assert set(settings) <= BENCHMARK_SETTINGS
+    assert set(settings) <= RUN_SETTINGS
     if isinstance(settings.get("layout"), list) and len(settings["layout"]) > 1:
         assert len(settings["layout"]) == len(settings["data"])

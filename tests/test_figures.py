@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tabad.errors import TabadError
+from tabad.errors import TabadError, WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,11 @@ def test_similarity_matrix(tiny_mvtec, tmp_path, fake_text):
     assert meta["rows"][4:] == [r.replace("normal", "abnormal") for r in meta["rows"][:4]]
     sim = torch.tensor(meta["similarity"])
     assert sim.shape == (8, 4) and bool((sim.abs() <= 1 + 1e-5).all())
+    # a damaged run file is named in a WeightsError, not a bare unpickling traceback
+    head = run / "head.pt"
+    head.write_bytes(head.read_bytes()[:200])
+    with pytest.raises(WeightsError, match="head.pt"):
+        similarity_figure(run, tiny_mvtec, n_images=4)
 
 
 def test_similarity_refuses_classification_run(tiny_mvtec, tmp_path, fake_text):

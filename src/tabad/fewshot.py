@@ -27,15 +27,12 @@ Output folder::
     results.md     per metric: one row per category, texture / object / overall
                    averages, one column group per weights source with one column per K
     pairs/         one JSON per finished (category, weights, K): the resume state
+                   (:class:`tabad.store.ResultStore`)
     train/         training checkpoints of unfinished targets
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -43,8 +40,9 @@ from typing import Callable
 
 import numpy as np
 
+from tabad import tables
 from tabad.errors import ConfigError, TabadError
-from tabad.files import atomic_write_json, atomic_write_text
+from tabad.store import ResultStore, run_key
 
 METHOD = "regad"
 #: The metrics of :func:`tabad.metrics.evaluate`, in table order.
@@ -109,17 +107,6 @@ def regad_config(cfg: FewShotConfig, train_shots: int | None = None):
     return replace(RegADConfig(), **opts)
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _summary(values: list[float | None]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return float(np.mean(vals)), float(np.std(vals))
-
-
 def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict:
     """Run the leave-one-category-out few-shot protocol of ``cfg``; returns the ``results.json`` content."""
     import torch
@@ -128,15 +115,16 @@ def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict:
     import tabad
     from tabad import metrics
     from tabad.backbones import build_backbone
-    from tabad.benchmark import resolve_device
     from tabad.datasets.categories import category_kind
     from tabad.datasets.loader import load_split
     from tabad.datasets.readers import list_categories, read_category
     from tabad.datasets.transforms import Geometry
+    from tabad.device import resolve_device
     from tabad.methods.regad import RegAD
     from tabad.provenance import environment
 
     out = Path(cfg.out)
+    store = ResultStore(out, resume=cfg.resume, checkpoints="train")
     device = resolve_device(cfg.device)
     geometry = Geometry(cfg.resize, cfg.crop)
     shots = sorted({int(k) for k in cfg.shots})
@@ -190,30 +178,29 @@ def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict:
             pending, stored = [], {}
             for k in shots:
                 train_k = k if cfg.train_per_shot else shared_config.shots
-                key = _digest({**base_key, "config": asdict(regad_config(cfg, train_k)), "shots": k,
-                               "rounds": cfg.rounds, "supports": supports[target][k],
-                               "n_test": len(data[target].test)})
-                path = out / "pairs" / f"{target}__{METHOD}__{label}__{k}shot.json"
-                result = _load_result(path, key) if cfg.resume else None
+                key = run_key(**base_key, config=asdict(regad_config(cfg, train_k)), shots=k, rounds=cfg.rounds,
+                              supports=supports[target][k], n_test=len(data[target].test))
+                name = f"{target}__{METHOD}__{label}__{k}shot"
+                result = store.load(name, key)
                 if result is None:
-                    pending.append((k, key, path))
+                    pending.append((k, key, name))
                 else:
                     stored[k] = result
                     bar.update(cfg.rounds)
             models: dict[int, tuple] = {}  # training K -> (model, seconds, log, checkpoint)
             test = None
-            for k, key, path in pending:
+            for k, key, name in pending:
                 train_k = k if cfg.train_per_shot else shared_config.shots
                 if train_k not in models:
                     train_sets = {c: train_split(c).images for c in others}
                     assert target not in train_sets, "leave-one-out: the target must never be trained on"
-                    checkpoint = out / "train" / f"{target}__{METHOD}__{label}__train{train_k}.pt"
+                    checkpoint = store.checkpoint(f"{target}__{METHOD}__{label}__train{train_k}", suffix=".pt")
                     bar.set_postfix_str(f"{label}/{target}: training on {len(others)} other categories")
                     torch.manual_seed(cfg.seed)
                     model = RegAD(bb, regad_config(cfg, train_k)).to(device)
                     t0 = time.perf_counter()
                     model.fit_registration(train_sets, checkpoint=checkpoint, progress=cfg.progress, seed=cfg.seed,
-                                           key=_digest({**base_key, "config": asdict(model.config)}))
+                                           key=run_key(**base_key, config=asdict(model.config)))
                     models[train_k] = (model, time.perf_counter() - t0, model.train_log, checkpoint)
                 model, train_seconds, train_log, _ = models[train_k]
                 if test is None:
@@ -229,10 +216,10 @@ def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict:
                 result = _result_row(target, kinds[target], label, bb.info.sha256, k, train_k, rounds, test,
                                      others, data, train_seconds, train_log, model.config, cfg)
                 result["key"] = key
-                atomic_write_json(path, result)
+                store.save(name, result)
                 stored[k] = result
                 log(f"{label} {target} {k}-shot: " + ", ".join(
-                    f"{m} {_cell(result[m], result[f'{m}_std'])}" for m in METRIC_KEYS[:3]))
+                    f"{m} {tables.percent_pm(result[m], result[f'{m}_std'])}" for m in METRIC_KEYS[:3]))
             for _, _, _, checkpoint in models.values():
                 checkpoint.unlink(missing_ok=True)  # the finished results supersede the training state
             results += [stored[k] for k in shots]
@@ -268,19 +255,7 @@ def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict:
         "layout": cfg.layout,
         "device": str(device),
     }
-    report = {"provenance": provenance, "results": results}
-    atomic_write_json(out / "results.json", report)
-    atomic_write_text(out / "results.csv", results_csv(results))
-    atomic_write_text(out / "results.md", markdown_report(results, provenance, cfg.title))
-    return report
-
-
-def _load_result(path: Path, key: str) -> dict | None:
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # missing or damaged: recomputed, never trusted
-    return result if isinstance(result, dict) and result.get("key") == key else None
+    return store.write(results, provenance, markdown_report(results, provenance, cfg.title), CSV_COLUMNS)
 
 
 def _run_round(model, support, test, has_masks: bool, metrics, device) -> dict:
@@ -308,7 +283,7 @@ def _result_row(target, kind, label, sha, k, train_k, rounds, test, others, data
                 config, cfg) -> dict:
     row = {"category": target, "kind": kind, "method": METHOD, "weights": label, "shots": k, "rounds": len(rounds)}
     for m in METRIC_KEYS:
-        row[m], row[f"{m}_std"] = _summary([r[m] for r in rounds])
+        row[m], row[f"{m}_std"] = tables.mean_std([r[m] for r in rounds])
     row.update({
         "train_shots": train_k, "train_categories": others,
         "n_train_registration": sum(len(data[c].train) for c in others),
@@ -332,19 +307,6 @@ CSV_COLUMNS = ["category", "kind", "method", "weights", "shots", "rounds",
                "train_seconds", "support_fit_seconds", "predict_ms_per_image", "weights_sha256"]
 
 
-def results_csv(results: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for r in results:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
-    return buf.getvalue()
-
-
-def _cell(mean: float | None, std: float | None) -> str:
-    return "–" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
-
-
 def fewshot_table(results: list[dict], metric: str) -> str:
     """Categories × (weights, K) of ``metric``, mean ± std over rounds, with kind averages.
 
@@ -353,38 +315,27 @@ def fewshot_table(results: list[dict], metric: str) -> str:
     """
     cols = list(dict.fromkeys((r["weights"], r["shots"]) for r in results))
     rows = {(r["category"], r["weights"], r["shots"]): r for r in results}
-    kinds = dict((r["category"], r.get("kind", "other")) for r in results)
-    order = {"texture": 0, "object": 1}
-    cats = sorted(kinds, key=lambda c: (order.get(kinds[c], 2), c))
+    cats, groups = tables.average_groups({r["category"]: r.get("kind", "other") for r in results})
     multi = len({w for w, _ in cols}) > 1
     head = [f"{w} {k}-shot" if multi else f"{k}-shot" for w, k in cols]
-    lines = ["| Category | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
-    for c in cats:
-        cells = [_cell(rows[(c, *col)][metric], rows[(c, *col)][f"{metric}_std"]) if (c, *col) in rows else "–"
-                 for col in cols]
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    for name, members in (("Texture Avg.", [c for c in cats if kinds[c] == "texture"]),
-                          ("Object Avg.", [c for c in cats if kinds[c] == "object"]), ("Overall Avg.", cats)):
-        if not members or (name == "Overall Avg." and len(cats) < 2):
-            continue
-        cells = []
-        for col in cols:
-            per_round = [[x[metric] for x in rows[(c, *col)]["per_round"]] for c in members if (c, *col) in rows]
-            n_rounds = min((len(v) for v in per_round), default=0)
-            averages = [_summary([v[i] for v in per_round])[0] for i in range(n_rounds)]
-            cells.append(_cell(*_summary(averages)))
-        lines.append(f"| **{name}** | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def cell(c: str, j: int) -> str:
+        r = rows.get((c, *cols[j]))
+        return tables.DASH if r is None else tables.percent_pm(r[metric], r[f"{metric}_std"])
+
+    def average(members, j: int) -> str:
+        per_round = [[x[metric] for x in rows[(c, *cols[j])]["per_round"]] for c in members if (c, *cols[j]) in rows]
+        n_rounds = min((len(v) for v in per_round), default=0)
+        averages = [tables.mean_std([v[i] for v in per_round])[0] for i in range(n_rounds)]
+        return tables.percent_pm(*tables.mean_std(averages))
+
+    return tables.category_table(head, cats, groups, cell, average)
 
 
 def markdown_report(results: list[dict], provenance: dict, title: str) -> str:
-    from tabad.report import METRICS
-
-    env = provenance.get("environment", {})
     norm = "ImageNet mean/std" if provenance.get("input_normalisation") else "[0, 1], no ImageNet normalisation (official)"
-    parts = [
-        f"# {title}", "",
-        f"tabad {env.get('tabad_version', '?')}, torch {env.get('torch', '?')}, {env.get('date', '')}. "
+    parts = tables.heading(title) + [
+        f"{tables.environment_text(provenance)} "
         f"Data: `{provenance.get('data_root')}`; backbone {provenance.get('backbone')}; seed {provenance.get('seed')}; "
         f"images resized to {provenance.get('resize')} and centre-cropped to {provenance.get('crop')}; inputs {norm}.",
         "",
@@ -392,18 +343,14 @@ def markdown_report(results: list[dict], provenance: dict, title: str) -> str:
         f"with {', '.join(map(str, provenance.get('train_shots', [])))} supports per query"
         f"{' (one model per K)' if provenance.get('train_per_shot') else ' (one model per target, shared by every K)'}; "
         f"{provenance.get('rounds')} rounds per K; values are mean ± std over the rounds (percentages).",
-        "", "Weights sources:",
+        "",
     ]
-    parts += [f"- `{w['label']}`: {w['description']} (sha256 `{w['sha256'][:16]}…`)"
-              for w in provenance.get("weights", [])]
-    for m in METRIC_KEYS:
-        if all(r.get(m) is None for r in results):
-            continue
-        parts += ["", f"## {METRICS[m]}", "", fewshot_table(results, m)]
+    parts += tables.weights_block(provenance.get("weights", []))
+    parts += tables.metric_sections(results, METRIC_KEYS, lambda m: fewshot_table(results, m))
     parts += ["", "## Timing", "",
               "| Category | weights | K | train (s) | support fit (s) | predict (ms/img) | n_train (others) | n_test |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
     parts += [f"| {r['category']} | {r['weights']} | {r['shots']} | {r['train_seconds']:.1f} | "
               f"{r['support_fit_seconds']:.2f} | {r['predict_ms_per_image']:.1f} | {r['n_train_registration']} | "
               f"{r['n_test']} |" for r in results]
-    return "\n".join(parts) + "\n"
+    return tables.document(parts)

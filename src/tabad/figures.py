@@ -24,7 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from tabad.errors import TabadError
+from tabad.device import resolve_device
+from tabad.errors import TabadError, WeightsError
 from tabad.files import atomic_write, atomic_write_json
 
 #: Layer whose global-average-pooled output is embedded by :func:`tsne_figure`:
@@ -50,14 +51,6 @@ def _read_json(path: Path, what: str) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise TabadError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------- t-SNE
@@ -163,7 +156,7 @@ def tsne_figure(results_dir: str | Path, out_path: str | Path | None = None, max
     if not prov or not prov.get("weights") or not prov.get("categories"):
         raise TabadError(f"{results_dir / 'results.json'}: no provenance with weights and categories")
     out_path = Path(out_path) if out_path is not None else results_dir / "figures" / "tsne.png"
-    dev = _device(device)
+    dev = resolve_device(device)
 
     images, cats, labels, files = _test_images(prov, max_per_category, seed)
     # Check every weights source before the slow part: a changed file fails in seconds.
@@ -253,6 +246,20 @@ def similarity_matrix_plot(path: str | Path, sim: np.ndarray, row_labels: Sequen
     return Path(path)
 
 
+def _load_run_file(path: Path) -> dict:
+    """A dict saved by ``tabad pretrain``, read without executing code; else :class:`WeightsError` naming it."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or objects other than tensors and plain values
+        raise WeightsError(f"{path}: not a readable tabad pre-training file (truncated, damaged, or holding more "
+                           f"than tensors and plain values: {type(exc).__name__})") from exc
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a dict saved by tabad pretrain, got {type(obj).__name__}")
+    return obj
+
+
 def similarity_figure(run_dir: str | Path, data_root: str | Path, out_path: str | Path | None = None,
                       n_images: int = 16, seed: int = 0, device: str = "auto") -> Path:
     """Image-text similarity matrix of a TAB pre-training run (supplementary Fig. 4).
@@ -271,7 +278,7 @@ def similarity_figure(run_dir: str | Path, data_root: str | Path, out_path: str 
     """
     import torch
 
-    from tabad.backbones import load_weights
+    from tabad.backbones import family_of, load_weights
     from tabad.datasets.transforms import Geometry, normalize
     from tabad.pretrain.data import SyntheticPairs, load_pretrain_images
     from tabad.pretrain.model import TABModel
@@ -281,14 +288,14 @@ def similarity_figure(run_dir: str | Path, data_root: str | Path, out_path: str 
     head_path, text_path = run_dir / "head.pt", run_dir / "text_features.pt"
     if not head_path.is_file():
         raise TabadError(f"{head_path}: not found; the similarity figure needs the projection head of the run")
-    head = torch.load(head_path, map_location="cpu", weights_only=True)
+    head = _load_run_file(head_path)
     loss = head.get("loss", side.get("loss"))
     if loss == "classification":
         raise TabadError(f"{run_dir}: a 'classification' run has no text features; the image-text similarity "
                          "figure applies to runs with loss tab, joint or normal-only")
     if not text_path.is_file():
         raise TabadError(f"{text_path}: not found; the similarity figure needs the run's text prototypes")
-    text = torch.load(text_path, map_location="cpu", weights_only=True)
+    text = _load_run_file(text_path)
     cfg = side.get("config", {})
 
     backbone, info = load_weights(side["arch"], str(run_dir / "backbone.pt"))
@@ -298,9 +305,10 @@ def similarity_figure(run_dir: str | Path, data_root: str | Path, out_path: str 
     t_n, t_a = text["normal"].float(), text["abnormal"].float()
     class_folders = list(head.get("class_folders") or text["class_folders"])
     class_names = list(head.get("class_names") or text["class_names"])
-    model = TABModel(backbone, t_n.shape[1], len(class_folders), loss=loss, head=head.get("head_kind", "mlp"))
+    model = TABModel(backbone, t_n.shape[1], len(class_folders), loss=loss, head=head.get("head_kind", "mlp"),
+                     family=family_of(side["arch"]))
     model.head.load_state_dict(head["head"])
-    dev = _device(device)
+    dev = resolve_device(device)
     model = model.to(dev).eval()
 
     images = load_pretrain_images([data_root], class_folders, Geometry(cfg.get("resize", 256), cfg.get("crop", 224)),

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from tabad.datasets.images import load_mask
+from tabad.datasets.mvtec import MVTEC_LAYOUTS as LAYOUTS
 from tabad.datasets.published import EXCLUDED_REASON, PUBLISHED_LAYOUTS
 from tabad.datasets.readers import (
     ALL_LAYOUTS,
-    LAYOUTS,
     SkippedFilesWarning,
     detect_layout,
     list_categories,

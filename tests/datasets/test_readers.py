@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tabad.datasets.mvtec import MVTEC_LAYOUTS as LAYOUTS
 from tabad.datasets.readers import (
-    LAYOUTS,
     LayoutError,
     SkippedFilesWarning,
     detect_layout,

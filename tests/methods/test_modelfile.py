@@ -82,6 +82,16 @@ def test_round_trip_is_bit_identical(name, fitted, images):
     assert loaded.config == model.config
 
 
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_fitted_tensors_are_row_major(name, fitted):
+    """A model file stores row-major tensors; a column-major fitted buffer would score differently after loading."""
+    model, _ = fitted[name]
+    loaded = load_model(fitted[name][1])
+    # Each tensor must have the layout the loaded model gives it (the backbone runs channels_last in both).
+    strides = {k: v.stride() for k, v in loaded.state_dict().items()}
+    assert {k: v.stride() for k, v in model.state_dict().items()} == strides
+
+
 def test_header_records_what_made_the_model(fitted, backbone):
     header = read_header(fitted["patchcore"][1])
     assert header["method"] == "patchcore" and header["kind"] == "one-class"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tabad.backbones import build_backbone
+from tabad.methods.base import FitContext
 from tabad.datasets.loader import Batches
 from tabad.methods import create_method, rd4ad, simplenet
 from tabad.methods.training import autocast
@@ -54,7 +55,7 @@ def test_rd4ad_teacher_in_bfloat16_trains_and_scores_in_float32(backbone, batche
     reference = plain.teacher_features(x)
     monkeypatch.setattr(rd4ad, "autocast", _cpu_bf16)
     torch.manual_seed(0)
-    model = create_method("rd4ad", backbone, {"epochs": 1}).fit(batches, seed=0)
+    model = create_method("rd4ad", backbone, {"epochs": 1}).fit(batches, FitContext(seed=0))
     feats = model.teacher_features(x)
     assert [f.dtype for f in feats] == [torch.float32] * 3
     for got, want in zip(feats, reference):
@@ -79,6 +80,87 @@ def test_simplenet_backbone_in_bfloat16_gives_float32_features(backbone, batches
     assert feats.dtype == torch.float32 and feats.shape == reference.shape
     assert 0 < _relative_error(feats, reference) < 2e-2
     torch.manual_seed(0)
-    model.fit(batches, seed=0)
+    model.fit(batches, FitContext(seed=0))
     scores, maps = model.predict(x)
     assert scores.dtype == maps.dtype == torch.float32 and torch.isfinite(scores).all()
+
+
+# ----------------------------------------------------------------------------
+# checkpoints: read with weights_only=True; anything unreadable is ignored (training restarts)
+
+
+class _WritesMarker:
+    """Unpickling this calls ``exec``: a stand-in for a checkpoint that runs code when loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def _tiny_state(seed: int) -> dict:
+    torch.manual_seed(seed)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=0.1)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    return {"net": net, "optimizer": opt}
+
+
+def test_training_state_round_trip(tmp_path):
+    from tabad.methods.training import load_training_state, save_training_state
+
+    saved, ckpt = _tiny_state(0), tmp_path / "run.train.pt"
+    save_training_state(ckpt, saved, 3, "k", [{"epoch": 3, "loss": 0.5}])
+    rng_after_save = torch.get_rng_state()
+    torch.manual_seed(99)
+    fresh = _tiny_state(1)
+    assert load_training_state(ckpt, fresh, "other key") is None
+    assert load_training_state(ckpt, fresh, "k") == (3, [{"epoch": 3, "loss": 0.5}])
+    torch.testing.assert_close(fresh["net"].weight, saved["net"].weight, rtol=0, atol=0)
+    assert fresh["optimizer"].state_dict()["state"][0]["step"] == 1
+    assert torch.equal(torch.get_rng_state(), rng_after_save)
+
+
+def test_checkpoint_that_would_run_code_is_refused_unexecuted(tmp_path, capsys, recwarn):
+    import pickle
+
+    from tabad.methods.training import load_training_state
+
+    marker = tmp_path / "code-ran"
+    pickle.loads(pickle.dumps(_WritesMarker(tmp_path / "probe")))
+    assert (tmp_path / "probe").exists()  # plain unpickling really runs the code
+    payload = {"key": "k", "epoch": 1, "log": [], "state": {"net": _WritesMarker(marker)},
+               "torch_rng": torch.get_rng_state()}
+    plain = tmp_path / "plain-pickle.pt"
+    plain.write_bytes(pickle.dumps(payload))
+    zipped = tmp_path / "torch-zip.pt"
+    torch.save(payload, zipped)
+    state = _tiny_state(0)
+    before = {k: v.clone() for k, v in state["net"].state_dict().items()}
+    for ckpt in (plain, zipped):
+        assert load_training_state(ckpt, state, "k") is None
+    assert not marker.exists()
+    for k, v in state["net"].state_dict().items():
+        assert torch.equal(v, before[k])
+    assert capsys.readouterr() == ("", "")  # nothing printed, in particular not torch's "use weights_only=False"
+    assert not [w for w in recwarn if "pickle" in str(w.message) or "weights_only" in str(w.message)]
+
+
+def test_truncated_or_foreign_checkpoint_is_ignored(tmp_path):
+    from tabad.methods.training import load_training_state, save_training_state
+
+    ckpt = tmp_path / "run.train.pt"
+    save_training_state(ckpt, _tiny_state(0), 1, "k", [{"epoch": 1, "loss": 1.0}])
+    data = ckpt.read_bytes()
+    state = _tiny_state(1)
+    before = state["net"].weight.detach().clone()
+    for damaged in (data[: len(data) // 2], data[:100], b"", b"not a checkpoint"):
+        ckpt.write_bytes(damaged)
+        assert load_training_state(ckpt, state, "k") is None
+    # a readable file of the right key but not our layout is ignored too, before anything is loaded
+    for foreign in ({"key": "k", "epoch": 1, "log": [], "state": {}}, {"key": "k"}, [1, 2]):
+        torch.save(foreign, ckpt)
+        assert load_training_state(ckpt, state, "k") is None
+    assert torch.equal(state["net"].weight, before)

@@ -46,6 +46,14 @@ def test_checkpoint_loads_strictly_into_torchvision(tiny_mvtec, tmp_path, fake_t
     from tabad.backbones import build_backbone
 
     assert build_backbone("resnet18", str(path)).info.sha256 == side["sha256"]
+    # Content-addressed: the same seed into another folder writes byte-identical files (torch.save to a
+    # file would name its zip archive after the temporary file, so equal tensors would hash differently).
+    from tabad.files import sha256_file
+
+    again = pretrain(_cfg(tiny_mvtec, tmp_path / "run-again", tmp_path))
+    assert sha256_file(again) == sha256_file(path) == side["sha256"]
+    for name in ("head.pt", "text_features.pt"):
+        assert sha256_file(again.parent / name) == sha256_file(out / name), name
 
 
 def test_resume_equals_uninterrupted(tiny_mvtec, tmp_path, fake_text, monkeypatch):
@@ -101,3 +109,22 @@ def test_ddp_two_cpu_processes(tiny_mvtec, tmp_path):
     assert side["config"]["batch_size"] == 8
     assert "2 processes" in proc.stdout + proc.stderr
     torchvision.models.resnet18().load_state_dict(_load(out / "backbone.pt"), strict=True)
+
+
+def test_resume_refuses_unreadable_state_without_running_it(tiny_mvtec, tmp_path, fake_text):
+    import pickle
+
+    out, marker = tmp_path / "bad", tmp_path / "code-ran"
+
+    class WritesMarker:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').close()",))
+
+    out.mkdir()
+    cfg = _cfg(tiny_mvtec, out, tmp_path, epochs=1)
+    for content in (pickle.dumps({"epoch": 1, "config": WritesMarker()}), b"PK\x03\x04truncated"):
+        (out / "state.pt").write_bytes(content)
+        with pytest.raises(TabadError, match="state.pt.*delete it to start over") as err:
+            pretrain(cfg, resume=True)
+        assert "weights_only=False" not in str(err.value)
+    assert not marker.exists()

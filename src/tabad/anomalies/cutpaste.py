@@ -30,7 +30,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from tabad.anomalies import as_pair, check_image, check_others, check_rng, resolve_options
+from tabad.anomalies.checks import as_pair, check_image, check_others, check_rng, resolve_options
 
 ASPECT_SAMPLING = ("two-interval", "log-uniform")
 _GRAY = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tabad.anomalies import check_image, check_others, check_rng, resolve_options
+from tabad.anomalies.checks import check_image, check_others, check_rng, resolve_options
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from tabad.anomalies import as_pair, check_image, check_others, check_rng, resolve_options
+from tabad.anomalies.checks import as_pair, check_image, check_others, check_rng, resolve_options
 
 MODES = ("normal", "mixed", "mix", "swap")
 LABEL_MODES = ("binary", "logistic-intensity")

@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from tabad.anomalies import as_pair, check_image, check_others, check_rng, resolve_options
+from tabad.anomalies.checks import as_pair, check_image, check_others, check_rng, resolve_options
 from tabad.errors import DataError
 
 TEXTURE_KINDS = ("noise", "stripes", "checker", "marble")

@@ -158,3 +158,22 @@ class FeatureExtractor(nn.Module):
         """What a model file records about its backbone."""
         return {"family": self.family.name, "arch": self.arch, "memory_format": self.memory_format,
                 "normalisation": self.normalisation.to_dict(), "weights": self.info.to_dict()}
+
+
+class PooledNetwork(nn.Module):
+    """``model(x)`` = a family network's pooled last-stage features (B, D): the input of a classifier head.
+
+    Wraps the bare network (trainable, unlike :class:`FeatureExtractor`) for
+    classification and pre-training; the ImageNet classifier stays in the
+    state dict, unused, so the weights still load strictly elsewhere.
+    """
+
+    def __init__(self, family: Family, model: nn.Module, arch: str):
+        super().__init__()
+        self.family = family
+        self.model = model
+        self.dim = family.pooled_dim(arch)
+        self.normalisation = family.normalisation(arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.family.pooled(self.model, x)

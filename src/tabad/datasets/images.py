@@ -28,20 +28,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# IMAGE_EXTENSIONS and is_image_file are re-exported: callers (perlin, classify) and users know
+# them as part of this module; they are defined with the other listing rules.
+from tabad.datasets.listing import EXTENSIONS_TEXT, IMAGE_EXTENSIONS, image_files, is_image_file
 from tabad.errors import DataError
 
-#: File name suffixes treated as images (compared case-insensitively).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+__all__ = ["IMAGE_EXTENSIONS", "as_mask", "as_rgb", "image_size", "is_image_file", "load_image", "load_mask",
+           "load_mask_folder"]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 # What PIL raises on malformed data besides OSError, depending on the codec.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
-
-
-def is_image_file(path: str | Path) -> bool:
-    """True for a visible file whose suffix is one of :data:`IMAGE_EXTENSIONS`."""
-    path = Path(path)
-    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _open_decoded(path: str | Path) -> Image.Image:
@@ -161,17 +158,38 @@ def load_mask(path: str | Path) -> np.ndarray:
 
     ``path`` may also be a folder of masks (MVTec LOCO keeps one or more
     masks per image in ``ground_truth/<defect>/<stem>/``): the answer is then
-    their union, see :func:`tabad.datasets.published.load_mask_folder`.
+    their union, see :func:`load_mask_folder`.
     """
     if Path(path).is_dir():
-        from tabad.datasets.published import load_mask_folder
-
         return load_mask_folder(path)
     image = _open_decoded(path)
     try:
         return as_mask(image)
     except _DECODE_ERRORS as e:
         raise DataError(path, f"cannot read mask of image mode {image.mode!r} ({e})") from None
+
+
+def load_mask_folder(folder: str | Path) -> np.ndarray:
+    """Union of every mask image directly inside ``folder`` (MVTec LOCO).
+
+    Raises :class:`~tabad.errors.DataError` when the folder holds no mask,
+    a mask cannot be read, or the masks differ in size.
+    """
+    folder = Path(folder)
+    files = image_files(folder)
+    if not files:
+        raise DataError(folder, f"mask folder holds no mask images (looked for *.<{EXTENSIONS_TEXT}>)")
+    union = load_mask(files[0])
+    for f in files[1:]:
+        mask = load_mask(f)
+        if mask.shape != union.shape:
+            raise DataError(
+                f,
+                f"mask is {mask.shape[1]}x{mask.shape[0]} pixels but {files[0].name} in the same "
+                f"folder is {union.shape[1]}x{union.shape[0]}",
+            )
+        union |= mask
+    return union
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: ``defect_type`` of every normal sample, whatever its dataset calls them (BTAD's ``ok``
+#: becomes ``good``); also the name of the normal-image folders of the MVTec-like layouts.
+NORMAL = "good"
+
 
 @dataclass(frozen=True)
 class Sample:

@@ -135,24 +135,7 @@ class AnomalyModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "AnomalyModel":
-        from tabad.methods.modelfile import load_model
+        """A fitted model of this class from its file (``tabad.methods.load_model`` for any method)."""
+        from tabad.methods.modelfile import load_as
 
-        model = load_model(path, device=device)
-        if not isinstance(model, cls):
-            from tabad.errors import TabadError
-
-            raise TabadError(f"{path}: holds a {model.name} model, not {cls.name}")
-        return model
-
-
-def config_to_dict(config) -> dict:
-    """A config dataclass as JSON-able values (tuples as lists)."""
-    from dataclasses import asdict
-
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
-
-
-def config_from_dict(config_class: type, values: dict):
-    """The inverse of :func:`config_to_dict`: lists become tuples, as the configs declare them."""
-    known = {f.name for f in fields(config_class)}
-    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+        return load_as(cls, path, device=device)

@@ -24,15 +24,13 @@ same sha256. A truncated, tampered or foreign file raises a
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from tabad.errors import TabadError
-
-if TYPE_CHECKING:
-    from tabad.methods.base import AnomalyModel
 
 FORMAT = "tabad-model/1"
 HEADER_KEY = "tabad"
@@ -46,10 +44,19 @@ def _bad(path: Path, problem: str) -> ModelFileError:
     return ModelFileError(f"{path}: {problem}")
 
 
-def build_header(model: "AnomalyModel", extra: dict | None = None) -> dict:
-    import tabad
-    from tabad.methods.base import config_to_dict
+def config_to_dict(config) -> dict:
+    """A config dataclass as JSON-able values (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
+
+def config_from_dict(config_class: type, values: dict):
+    """The inverse of :func:`config_to_dict`: lists become tuples, as the configs declare them."""
+    known = {f.name for f in fields(config_class)}
+    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+
+
+def build_header(model: nn.Module, extra: dict | None = None) -> dict:
+    import tabad
     header = {
         "format": FORMAT,
         "method": model.name,
@@ -71,12 +78,12 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return state_dict_sha256(tensors)
 
 
-def model_tensors(model: "AnomalyModel") -> dict[str, torch.Tensor]:
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses tensors that share memory; a plain CPU copy of each is always accepted.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_model(model: "AnomalyModel", path: str | Path, extra: dict | None = None) -> Path:
+def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
     """Write ``model`` (fitted) to ``path`` atomically; returns the path."""
     from safetensors.torch import save
 
@@ -121,7 +128,20 @@ def read_model_file(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def read_header(path: str | Path) -> dict:
-    return read_model_file(path)[0]
+    """The JSON header alone (cheap: the tensors are neither read nor checked; loading checks them)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        header = json.loads(meta[HEADER_KEY])
+    except FileNotFoundError:
+        raise _bad(path, "model file not found") from None
+    except (OSError, ValueError, KeyError, AttributeError, MemoryError, OverflowError):
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        return read_model_file(path)[0]  # raises the precise error
+    return header
 
 
 def _fit_buffers(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -135,18 +155,20 @@ def _fit_buffers(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> N
             owner._buffers[attr] = torch.empty(value.shape, dtype=value.dtype, device=buf.device)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> "AnomalyModel":
-    """The fitted method stored in ``path``; its outputs equal the saved model's bit for bit."""
+def load_as(cls: type, path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The fitted ``cls`` model stored in ``path``; its outputs equal the saved model's bit for bit.
+
+    ``tabad.methods.load_model(path)`` finds ``cls`` from the header's method name.
+    """
     from tabad.backbones import get_family
     from tabad.backbones.base import FeatureExtractor
     from tabad.backbones.weights import WeightsInfo
-    from tabad.methods import method_class
-    from tabad.methods.base import config_from_dict
 
     path = Path(path)
     header, tensors = read_model_file(path)
+    if header.get("method") != cls.name:
+        raise _bad(path, f"holds a {header.get('method')} model, not {cls.name}")
     try:
-        cls = method_class(header["method"])
         config = config_from_dict(cls.config_class, header["config"])
         backbone = None
         if header.get("backbone"):

@@ -136,7 +136,9 @@ class Padim(AnomalyModel):
         cov = (s2 - n * mean_c.unsqueeze(2) * mean_c.unsqueeze(1)) / (n - 1)
         cov += self.config.epsilon * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         self.mean = (mean_c + shift.squeeze(1).double()).float()
-        self.precision = torch.linalg.inv(cov).float()
+        # contiguous: inv returns column-major matrices, and a saved-and-loaded (row-major) copy
+        # would take another GEMM path with other rounding.
+        self.precision = torch.linalg.inv(cov).float().contiguous()
         return self
 
     @torch.no_grad()

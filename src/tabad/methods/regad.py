@@ -369,7 +369,7 @@ def lowrank_gaussian(samples: torch.Tensor, epsilon: float) -> tuple[torch.Tenso
     gram = torch.bmm(x, x.transpose(1, 2))
     gram.diagonal(dim1=-2, dim2=-1).add_(epsilon * (n - 1))
     basis = torch.linalg.solve_triangular(torch.linalg.cholesky(gram), x, upper=False)
-    return mean, basis
+    return mean.contiguous(), basis.contiguous()  # row-major, as a loaded model file has them
 
 
 def lowrank_mahalanobis(e: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor, epsilon: float) -> torch.Tensor:

@@ -19,12 +19,13 @@ data, so there is no model selection on the test set.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 
-from tabad.files import atomic_write
+from tabad.files import atomic_write_torch
 
 
 class Trainable(Protocol):
@@ -34,27 +35,48 @@ class Trainable(Protocol):
 
 
 def save_training_state(path: Path, state: dict[str, object], epoch: int, key: str, log: list[dict]) -> None:
-    payload = {"key": key, "epoch": epoch, "log": log,
+    """Write ``state`` (modules and optimisers), the torch RNG, ``epoch`` and ``log`` to ``path`` atomically.
+
+    Only tensors and plain values (str, int, float, bool, None, lists, tuples,
+    dicts) are saved, so :func:`load_training_state` can read it with
+    ``weights_only=True``.
+    """
+    payload = {"key": key, "epoch": int(epoch), "log": log,
                "state": {name: obj.state_dict() for name, obj in state.items()},
                "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         payload["cuda_rng"] = torch.cuda.get_rng_state_all()
-    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+    atomic_write_torch(Path(path), payload)
 
 
 def load_training_state(path: Path, state: dict[str, object], key: str) -> tuple[int, list[dict]] | None:
-    """Restore ``state`` from ``path`` if it was written for the same ``key``: (epochs done, log)."""
+    """Restore ``state`` from ``path`` if it was written for the same ``key``: (epochs done, log).
+
+    ``None`` (train from scratch) when the file is missing, of another ``key``,
+    truncated or damaged, or holds anything but tensors and plain values: a
+    checkpoint is never unpickled with code execution, and nothing is reported,
+    since starting over is the right outcome in every case.
+    """
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a damaged checkpoint is ignored (training restarts), never trusted
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols of foreign files it then refuses anyway
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated, not a torch file, or unpickling refused: training restarts
         return None
     if not isinstance(payload, dict) or payload.get("key") != key:
         return None
+    saved = payload.get("state")
+    # checked before anything is loaded, so a malformed file cannot leave the state half restored
+    if (not isinstance(saved, dict) or any(name not in saved for name in state)
+            or not isinstance(payload.get("epoch"), int) or not isinstance(payload.get("log"), list)
+            or not isinstance(payload.get("torch_rng"), torch.Tensor)):
+        return None
     for name, obj in state.items():
-        obj.load_state_dict(payload["state"][name])
+        obj.load_state_dict(saved[name])
     torch.set_rng_state(payload["torch_rng"])
     if "cuda_rng" in payload and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])

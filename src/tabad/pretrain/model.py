@@ -1,7 +1,7 @@
 """The visual encoder E_V of TAB (paper §3.3, Algorithm 1).
 
-backbone (torchvision ResNet) → global average pool of layer4 → projection
-head to the text dimension D → L2 normalisation. Only the backbone is kept
+backbone (any :mod:`tabad.backbones` family) → global average pool of its
+last stage → projection head to the text dimension D → L2 normalisation. Only the backbone is kept
 after pre-training; the head and the logit scale are training scaffolding.
 """
 
@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tabad.backbones.base import Family
 
 LOSSES = ("tab", "joint", "normal-only", "classification")
 
@@ -51,16 +53,23 @@ class TABModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, text_dim: int, n_classes: int, loss: str = "tab",
-                 head: str = "mlp", init_scale: float = 1 / 0.07, learn_scale: bool = True):
+                 head: str = "mlp", init_scale: float = 1 / 0.07, learn_scale: bool = True,
+                 family: Family | None = None):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if family is None:
+            from tabad.backbones.resnet import RESNET
+
+            family = RESNET
+        self.family = family
         self.backbone = backbone
         # The ImageNet classifier is not part of the feature path; it is kept
-        # (frozen) only so the checkpoint loads strictly into torchvision.
-        backbone.fc.requires_grad_(False)
+        # (frozen) only so the checkpoint loads strictly into the family's own network.
+        classifier = family.classifier(backbone)
+        classifier.requires_grad_(False)
         self.loss_kind = loss
-        in_dim = backbone.fc.in_features
+        in_dim = classifier.in_features
         if loss == "classification":
             self.head = nn.Linear(in_dim, 2 * n_classes)
         else:
@@ -74,10 +83,7 @@ class TABModel(nn.Module):
             self.register_buffer("log_scale", log_scale)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
-        h = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        h = b.layer4(b.layer3(b.layer2(b.layer1(h))))
-        return torch.flatten(b.avgpool(h), 1)
+        return self.family.pooled(self.backbone, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.head(self.pooled(x))

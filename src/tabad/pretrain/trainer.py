@@ -29,6 +29,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from tabad.errors import TabadError
-from tabad.files import atomic_write, atomic_write_json, atomic_write_text, sha256_file
+from tabad.files import atomic_write_json, atomic_write_text, atomic_write_torch, sha256_file
 
 
 @dataclass
@@ -159,7 +160,7 @@ class Trainer:
     # ------------------------------------------------------------------- run
     def run(self) -> Path:
         cfg = self.cfg
-        from tabad.backbones import load_weights
+        from tabad.backbones import family_of, load_weights
         from tabad.datasets.transforms import Geometry, normalize
         from tabad.pretrain.data import EpochSampler, SyntheticPairs, load_pretrain_images
         from tabad.pretrain.loss import tab_loss
@@ -180,7 +181,8 @@ class Trainer:
         backbone, init_info = load_weights(cfg.arch, cfg.init, seed=cfg.seed, allow_download=cfg.allow_download)
         text_dim = feats.normal.shape[1] if feats is not None else 1
         model = TABModel(backbone, text_dim, len(names), loss=cfg.loss, head=cfg.head, init_scale=cfg.init_scale,
-                         learn_scale=cfg.learn_scale and cfg.loss != "classification").to(device)
+                         learn_scale=cfg.learn_scale and cfg.loss != "classification",
+                         family=family_of(cfg.arch)).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         t_n = feats.normal.to(device) if feats is not None else None
@@ -213,10 +215,10 @@ class Trainer:
         generator = None if cfg.loss == "normal-only" else cfg.synthetic
         dataset = SyntheticPairs(images, generator, cfg.synthetic_options, cfg.seed)
         if self.rank == 0 and feats is not None:
-            atomic_write(self.out / "text_features.pt", lambda p: torch.save(
-                {"normal": feats.normal, "abnormal": feats.abnormal, "class_names": names,
-                 "class_folders": images.class_folders, "encoder": feats.encoder_identity,
-                 "variant": feats.variant}, p))
+            atomic_write_torch(self.out / "text_features.pt",
+                               {"normal": feats.normal, "abnormal": feats.abnormal, "class_names": names,
+                                "class_folders": images.class_folders, "encoder": feats.encoder_identity,
+                                "variant": feats.variant})
         self.log(f"pre-training {cfg.arch} from {init_info.label} on {len(images)} images of {len(names)} classes, "
                  f"{cfg.epochs} epochs × {steps_per_epoch} steps, batch {cfg.batch_size}, loss {cfg.loss}, "
                  f"text {feats.encoder_identity if feats is not None else 'none'} ({cfg.prompts}), "
@@ -282,18 +284,26 @@ class Trainer:
 
     # --------------------------------------------------------------- state
     def _save_state(self, path, model, opt, sched, scaler, epoch, history) -> None:
+        # tensors and plain values only: _resume reads it with weights_only=True
         state = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                  "torch_rng": torch.get_rng_state(), "history": history,
                  "config": {k: self.cfg.to_dict()[k] for k in PretrainConfig.RESUME_KEYS}}
-        atomic_write(path, lambda p: torch.save(state, p))
+        atomic_write_torch(path, state)
         self._write_metrics(history)
 
     def _resume(self, path, model, opt, sched, scaler):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            with warnings.catch_warnings():
+                # torch warns about pickle protocols of foreign files it then refuses anyway
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise TabadError(f"{path}: cannot read the training state ({exc}); delete it to start over") from exc
+            # torch's own message advises weights_only=False, which must never be done with this file
+            raise TabadError(f"{path}: not a readable training state (truncated, damaged, or holding more than "
+                             f"tensors and plain values: {type(exc).__name__}); delete it to start over") from exc
+        if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+            raise TabadError(f"{path}: not a tabad pre-training state; delete it to start over")
         want = {k: self.cfg.to_dict()[k] for k in PretrainConfig.RESUME_KEYS}
         diff = {k: (state["config"].get(k), v) for k, v in want.items() if state["config"].get(k) != v}
         if diff:
@@ -320,7 +330,7 @@ class Trainer:
 
         backbone_sd = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
         path = self.out / "backbone.pt"
-        atomic_write(path, lambda p: torch.save(backbone_sd, p))
+        atomic_write_torch(path, backbone_sd)  # bytes depend on the tensors only: the sha256 is a content hash
         sidecar = {
             "kind": "tab-backbone",
             "arch": self.cfg.arch,
@@ -345,10 +355,11 @@ class Trainer:
         atomic_write_json(self.out / "backbone.json", sidecar)
         # The head and logit scale are not part of the product, but the image-text
         # similarity figure (supplementary Fig. 4) needs them.
-        atomic_write(self.out / "head.pt", lambda p: torch.save(
-            {"head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
-             "head_kind": self.cfg.head, "loss": self.cfg.loss, "log_scale": model.log_scale.detach().cpu(),
-             "class_folders": images.class_folders, "class_names": names}, p))
+        atomic_write_torch(self.out / "head.pt",
+                           {"head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
+                            "head_kind": self.cfg.head, "loss": self.cfg.loss,
+                            "log_scale": model.log_scale.detach().cpu(),
+                            "class_folders": images.class_folders, "class_names": names})
         self.log(f"backbone weights: {path} (sha256 {sidecar['sha256'][:16]}…), provenance: {path.with_suffix('.json')}")
 
 

@@ -187,9 +187,7 @@ def class_text_features(
 
 
 def _write_cache(path: Path, feats: TextFeatures) -> None:
-    import torch
-
-    from tabad.files import atomic_write
+    from tabad.files import atomic_write_torch
 
     obj = {
         "format": CACHE_FORMAT,
@@ -204,7 +202,7 @@ def _write_cache(path: Path, feats: TextFeatures) -> None:
         "n_abnormal_sentences": feats.n_abnormal_sentences,
     }
     try:
-        atomic_write(path, lambda p: torch.save(obj, p))
+        atomic_write_torch(path, obj)
     except OSError as exc:  # read-only or full cache: the features are still good
         warnings.warn(f"{path}: cannot write text-feature cache ({exc})", stacklevel=3)
 
