@@ -141,13 +141,13 @@ def list_targets(cfg: BenchmarkConfig) -> list[Target]:
 def pair_key(cfg: BenchmarkConfig, target: Target, method: str, weights_sha: str, n_train: int, n_test: int,
              panel_idx: list[int]) -> str:
     """Everything that changes a pair's numbers; a stored pair is reused only if this matches."""
-    import tabad
+    from tabad.version import __version__
 
     return run_key(
         data=str(target.root.resolve()), category=target.category, method=method,
         options=method_options(cfg, method), weights_sha256=weights_sha, backbone=cfg.backbone,
         seed=cfg.seed, geometry=repr(method_geometry(cfg, method)), layout=target.layout, n_train=n_train,
-        n_test=n_test, panels=panel_idx, version=tabad.__version__,
+        n_test=n_test, panels=panel_idx, version=__version__,
     )
 
 
@@ -171,8 +171,6 @@ def select_panel_indices(samples, n: int) -> list[int]:
 
 def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> dict:
     """Run the benchmark described by ``cfg``; returns the ``results.json`` content."""
-    from tqdm.auto import tqdm
-
     from tabad import metrics
     from tabad.backbones import build_backbone
     from tabad.datasets.categories import category_kind
@@ -182,6 +180,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     from tabad.methods import create_method, method_class, method_names
     from tabad.provenance import environment
     from tabad.panels import heatmap_panel
+    from tabad.progress import progress
     from tabad.report import CSV_COLUMNS, markdown_report
 
     unknown = [m for m in cfg.methods if m not in method_names()]
@@ -203,7 +202,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     results: list[dict] = []
     datasets_info: dict[str, dict] = {}
     total = len(targets) * sum(len(cfg.weights) if method_class(m).uses_backbone else 1 for m in cfg.methods)
-    bar = tqdm(total=total, desc="benchmark", unit="pair", disable=not cfg.progress)
+    bar = progress(total=total, desc="benchmark", unit="pair", disable=not cfg.progress)
     for target in targets:
         category = target.name
         data = read_category(target.root, target.category, layout=target.layout, skip_bad=cfg.skip_bad)

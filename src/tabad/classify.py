@@ -399,12 +399,13 @@ def _features(model, data: ClassifyData, idx: np.ndarray, cfg: ClassifyConfig, d
               desc: str = "features"):
     """Pooled layer4 features ``(len(idx), D)`` of a frozen model (``fc`` = identity)."""
     import torch
-    from tqdm.auto import tqdm
+
+    from tabad.progress import progress
 
     out = []
     with torch.no_grad():
-        for b in tqdm(list(_batches(len(idx), max(cfg.batch_size, 64), None)), desc=desc, unit="batch",
-                      leave=False, disable=not cfg.progress):
+        for b in progress(list(_batches(len(idx), max(cfg.batch_size, 64), None)), desc=desc, unit="batch",
+                          leave=False, disable=not cfg.progress):
             x = _to_input(data.images(idx[b], size), device, model.normalisation)
             out.append(model(dihedral(x, view)).float().cpu())
     return torch.cat(out)
@@ -432,7 +433,8 @@ def _epoch_rng(cfg: ClassifyConfig, mode: str, epoch: int) -> np.random.Generato
 def _run_linear_probe(model, data: ClassifyData, split: dict, cfg: ClassifyConfig, device, desc: str,
                       size: int) -> dict:
     import torch
-    from tqdm.auto import tqdm
+
+    from tabad.progress import progress
 
     model.eval()
     for p in model.parameters():
@@ -457,7 +459,7 @@ def _run_linear_probe(model, data: ClassifyData, split: dict, cfg: ClassifyConfi
     loss_fn = _loss_fn(data.task)
     y_train = torch.from_numpy(np.asarray(data.targets[tr]))
     log = []
-    bar = tqdm(range(cfg.probe_epochs), desc=desc, unit="epoch", disable=not cfg.progress)
+    bar = progress(range(cfg.probe_epochs), desc=desc, unit="epoch", disable=not cfg.progress)
     for epoch in bar:
         rng = _epoch_rng(cfg, "linear-probe", epoch)
         views = rng.integers(0, n_views, len(tr))
@@ -477,7 +479,8 @@ def _run_linear_probe(model, data: ClassifyData, split: dict, cfg: ClassifyConfi
 def _run_fine_tune(model, data: ClassifyData, split: dict, cfg: ClassifyConfig, device, desc: str,
                    checkpoint: Path, key: str, size: int) -> dict:
     import torch
-    from tqdm.auto import tqdm
+
+    from tabad.progress import progress
 
     torch.manual_seed(cfg.seed)
     head = torch.nn.Linear(model.dim, len(data.class_names))
@@ -502,8 +505,8 @@ def _run_fine_tune(model, data: ClassifyData, split: dict, cfg: ClassifyConfig, 
         except Exception:  # a damaged checkpoint is recomputed, never trusted
             start, log, seconds = 0, [], 0.0
     t0 = time.perf_counter() - seconds
-    bar = tqdm(range(start, cfg.epochs), desc=desc, unit="epoch", initial=start, total=cfg.epochs,
-               disable=not cfg.progress)
+    bar = progress(range(start, cfg.epochs), desc=desc, unit="epoch", initial=start, total=cfg.epochs,
+                   disable=not cfg.progress)
     for epoch in bar:
         net.train()
         rng = _epoch_rng(cfg, "fine-tune", epoch)
@@ -537,12 +540,12 @@ def _run_fine_tune(model, data: ClassifyData, split: dict, cfg: ClassifyConfig, 
 def result_key(cfg: ClassifyConfig, data: ClassifyData, weights_sha: str, mode: str, split_record: dict,
                size: int) -> str:
     """Everything that changes one (weights, mode) result; a stored result is reused only if this matches."""
-    import tabad
+    from tabad.version import __version__
 
     return run_key(
         data_sha256=data.sha256, weights_sha256=weights_sha, mode=mode, backbone=cfg.backbone,
         seed=cfg.seed, image_size=size, split=split_record, batch_size=cfg.batch_size,
-        weight_decay=cfg.weight_decay, augment=cfg.augment, schedule=cfg.schedule, version=tabad.__version__,
+        weight_decay=cfg.weight_decay, augment=cfg.augment, schedule=cfg.schedule, version=__version__,
         **({"epochs": cfg.epochs, "lr": cfg.lr} if mode == "fine-tune"
            else {"epochs": cfg.probe_epochs, "lr": cfg.probe_lr}),
     )
@@ -583,8 +586,8 @@ def run_classify(cfg: ClassifyConfig, log: Callable[[str], None] = print) -> dic
     split = make_splits(data, cfg)
     size = data.input_size(cfg.image_size)
     if size < 32:
-        raise ConfigError(f"the maps are {size} x {size}; a ResNet needs at least 32 x 32: pass an image size "
-                          "(--image-size 64)")
+        raise ConfigError(f"the maps are {size} x {size}; a ResNet needs at least 32 x 32: pass a larger "
+                          "input size, e.g. image_size=64", option={"image_size": 64})
 
     # load every weights source up front: a bad path fails in seconds, not after an hour
     models, infos = {}, {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from tabad.config import (
     RUN_SETTINGS,
@@ -22,7 +23,7 @@ from tabad.config import (
     split_csv,
 )
 from tabad.datasets.layouts import ALL_LAYOUTS, REGISTRY
-from tabad.errors import ConfigError
+from tabad.errors import ConfigError, TabadError
 
 EPILOG = """\
 examples:
@@ -254,13 +255,25 @@ def _add_pretrain(sub) -> None:
         help="TAB pre-training: align a backbone with normal/abnormal text prompts",
         description="Pre-train a backbone on the normal training images of ROOT: normal images and their "
                     "synthetic anomalies are pulled toward frozen text features of 'normal {class}' and "
-                    "'abnormal {class}' prompts (IDPA). Writes OUT/backbone.pt (a torchvision state dict "
-                    "usable as --weights anywhere) and OUT/backbone.json (provenance).",
+                    "'abnormal {class}' prompts (IDPA). Writes OUT/backbone.pt (a state dict in the backbone "
+                    "family's own key layout: torchvision for ResNets, timm tf_efficientnet_* for EfficientNets, "
+                    "with the initial ImageNet classifier kept frozen so it loads strictly; usable as --weights "
+                    "anywhere), OUT/backbone.json (provenance), OUT/metrics.csv (per epoch, with the held-out "
+                    "alignment accuracy and the linear CKA to the initial backbone) and OUT/train.log.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="""\
-defaults are the paper's (ResNet18 from ImageNet, SGD lr 1e-4, 200 epochs, batch 512, 256 -> 224);
+defaults are the paper's (ResNet18 from ImageNet, SGD lr 1e-4, 200 epochs, batch 512, 256 -> 224),
+except that BatchNorm statistics stay frozen when starting from pre-trained weights (--bn-stats;
+the paper trains them: add --bn-stats train to reproduce it);
 a small CPU run, e.g.:
   tabad pretrain --data demo_out/data --init random --epochs 3 --batch-size 32 --lr 0.01 --out runs/tab
+EfficientNet-Lite0 from its offline ImageNet weights (inputs normalised with mean/std 0.5):
+  tabad pretrain --data demo_out/data --backbone efficientnet_lite0 --init imagenet --out runs/tab-lite0
+  tabad benchmark --data ... --backbone efficientnet_lite0 --weights imagenet,runs/tab-lite0/backbone.pt ...
+feature damage: each epoch, a seeded 10% of the images (at most 64; --cka-holdout) held out of training
+is used to compute the plain linear CKA of the layer2/layer3 patch features (4x4 average-pooled) to the
+initial backbone's; starting from pre-trained weights, a value below --cka-warn (0.8) logs one WARNING
+line naming the epoch, layer and value, recorded in metrics.csv (cka_warning) and backbone.json.
 several processes / GPUs:
   torchrun --nproc_per_node 2 -m tabad pretrain ...
 an interrupted run continues with --resume (same settings, same final weights).
@@ -295,6 +308,23 @@ an interrupted run continues with --resume (same settings, same final weights).
     p.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--fixed-scale", action="store_true", help="keep the logit scale at 1/0.07 instead of learning it")
+    p.add_argument("--bn-stats", default="auto", choices=["train", "frozen"], metavar="{train,frozen}",
+                   help="BatchNorm running statistics: train (re-estimated on the pre-training images, the paper) "
+                        "or frozen (every BatchNorm of the backbone in eval mode: running mean/var untouched, "
+                        "affine weight/bias still trained). Default: train from random weights, frozen from "
+                        "pre-trained ones (imagenet or a file); see tabad.pretrain.freeze.DEFAULT_BN_STATS")
+    p.add_argument("--freeze-stages", type=int, default=-1, metavar="N",
+                   help="freeze the stem and the first N stages (no gradients, eval-mode BatchNorm): "
+                        "ResNet stem + layer1..4 (N <= 4), EfficientNet stem + blocks.0..6 (N <= 7); "
+                        "default -1 freezes nothing")
+    p.add_argument("--cka-holdout", type=float, default=0.1, metavar="FRACTION",
+                   help="fraction of the images (at least 1, at most --cka-max-images) held out of training to "
+                        "monitor the features each epoch: linear CKA to the initial backbone and alignment "
+                        "accuracy (default 0.1; 0 turns the monitor off and trains on every image)")
+    p.add_argument("--cka-max-images", type=int, default=64, metavar="N", help="at most N monitor images (default 64)")
+    p.add_argument("--cka-warn", type=float, default=0.8, metavar="LEVEL",
+                   help="warn when the layer2 or layer3 CKA to the initial (pre-trained) backbone falls below "
+                        "LEVEL (default 0.8, a heuristic level)")
     p.add_argument("--resize", type=int, default=256)
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
@@ -324,7 +354,8 @@ def cmd_pretrain(args) -> int:
         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_steps=args.warmup_steps, learn_scale=not args.fixed_scale, resize=args.resize, crop=args.crop,
         seed=args.seed, workers=args.workers, device=args.device, amp=not args.no_amp,
-        allow_download=args.allow_download,
+        allow_download=args.allow_download, bn_stats=args.bn_stats, freeze_stages=args.freeze_stages,
+        cka_holdout=args.cka_holdout, cka_max_images=args.cka_max_images, cka_warn=args.cka_warn,
     )
     pretrain(cfg, resume=args.resume)
     return 0
@@ -523,7 +554,7 @@ def cmd_classify(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import tabad
+    from tabad.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="tabad",
@@ -532,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
     )
-    parser.add_argument("--version", action="version", version=f"tabad {tabad.__version__}")
+    parser.add_argument("--version", action="version", version=f"tabad {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
     _add_make_data(sub)
@@ -542,7 +573,66 @@ def build_parser() -> argparse.ArgumentParser:
     _add_figures(sub)
     _add_make_wafers(sub)
     _add_classify(sub)
+    from tabad.inspection.commands import add_commands
+
+    add_commands(sub)
     return parser
+
+
+# --------------------------------------------------------------------------- errors in the words of the command line
+
+
+class Flag(NamedTuple):
+    """The flag of a command that sets a library option (a keyword argument such as ``skip_bad``)."""
+
+    name: str  #: ``--skip-bad``
+    takes_value: bool  #: ``--image-size 64``
+    sets: object = None  #: what the bare flag sets the option to: ``True``, or ``False`` for ``--no-resume``
+
+    def spell(self, value: object) -> str | None:
+        """How to give the option ``value`` on the command line; ``None`` when this flag cannot."""
+        if self.takes_value:
+            return f"{self.name} {','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
+        return self.name if value == self.sets else None
+
+
+def option_flags(parser: argparse.ArgumentParser) -> dict[str, Flag]:
+    """The one table from library option names to the flags of ``parser`` that set them.
+
+    Derived from argparse: option ``skip_bad`` is the flag whose ``dest`` is ``skip_bad``
+    (``--skip-bad``); a ``--no-X`` switch (``dest`` ``no_X``) sets option ``X`` to ``False``
+    unless the command also has a flag of its own for ``X``.
+    """
+    flags: dict[str, Flag] = {}
+    switches = []
+    for action in parser._actions:  # argparse has no public way to list a parser's arguments
+        names = [s for s in action.option_strings if s.startswith("--")]
+        if not names or action.dest in ("help", "version"):
+            continue
+        if action.nargs == 0:  # store_true, store_false, store_const
+            flags[action.dest] = Flag(names[0], False, action.const)
+            switches.append((action.dest, names[0], action.const))
+        else:
+            flags[action.dest] = Flag(names[0], True)
+    for dest, name, const in switches:
+        if dest.startswith("no_") and isinstance(const, bool):
+            flags.setdefault(dest[3:], Flag(name, False, not const))
+    return flags
+
+
+def command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The sub-command parser of ``command`` (``parser`` itself when there is none)."""
+    for action in parser._actions:
+        if isinstance(action.choices, dict) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
+def terminal_message(exc: TabadError, parser: argparse.ArgumentParser) -> str:
+    """``exc``'s message with each option it advises (``skip_bad=True``) as the flag of ``parser``
+    that sets it (``--skip-bad``); an option the command has no flag for keeps its Python spelling."""
+    flags = option_flags(parser)
+    return exc.render(lambda name, value: flags[name].spell(value) if name in flags else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,12 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from tabad.errors import TabadError
-
     try:
         return int(args.func(args) or 0)
     except TabadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {terminal_message(exc, command_parser(parser, args.command))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to continue", file=sys.stderr)

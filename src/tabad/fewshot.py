@@ -110,9 +110,8 @@ def regad_config(cfg: FewShotConfig, train_shots: int | None = None):
 def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict:
     """Run the leave-one-category-out few-shot protocol of ``cfg``; returns the ``results.json`` content."""
     import torch
-    from tqdm.auto import tqdm
 
-    import tabad
+    from tabad.version import __version__
     from tabad import metrics
     from tabad.backbones import build_backbone
     from tabad.datasets.categories import category_kind
@@ -121,6 +120,7 @@ def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict:
     from tabad.datasets.transforms import Geometry
     from tabad.device import resolve_device
     from tabad.methods.regad import RegAD
+    from tabad.progress import progress
     from tabad.provenance import environment
 
     out = Path(cfg.out)
@@ -162,10 +162,10 @@ def run_fewshot(cfg: FewShotConfig, log: Callable[[str], None] = print) -> dict:
 
     supports = {c: {k: [support_indices(len(data[c].train), k, cfg.seed, r) for r in range(cfg.rounds)]
                     for k in shots} for c in targets}
-    version = tabad.__version__
+    version = __version__
     results: list[dict] = []
-    bar = tqdm(total=len(backbones) * len(targets) * len(shots) * cfg.rounds, desc="few-shot", unit="round",
-               disable=not cfg.progress)
+    bar = progress(total=len(backbones) * len(targets) * len(shots) * cfg.rounds, desc="few-shot", unit="round",
+                   disable=not cfg.progress)
     for bb in backbones.values():
         label = bb.info.label
         for target in targets:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tabad
+from tabad.version import __version__
 
 
 def _git_commit() -> str | None:
@@ -37,7 +37,7 @@ def environment() -> dict:
     except ImportError:  # pragma: no cover - torchvision is a core dependency
         tv = None
     return {
-        "tabad_version": tabad.__version__,
+        "tabad_version": __version__,
         "git_commit": _git_commit(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,

@@ -71,8 +71,9 @@ def test_resume_equals_uninterrupted(tiny_mvtec, tmp_path, fake_text, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg)
     assert not (tmp_path / "b" / "backbone.pt").exists()
-    with pytest.raises(TabadError, match="--resume"):
+    with pytest.raises(TabadError, match="pass resume=True") as info:
         pretrain(cfg)  # an existing run is never silently overwritten
+    assert info.value.options == {"resume": True}  # `tabad pretrain` says --resume
     resumed = pretrain(cfg, resume=True)
 
     a, b = _load(straight), _load(resumed)

@@ -73,7 +73,9 @@ class ResNetFamily(Family):
                     f"  Place the file {path.name} at {path}\n"
                     f"  (get it from {url} on a machine with internet access),\n"
                     f"  or set TORCH_HOME to a folder holding hub/checkpoints/{path.name},\n"
-                    f"  or pass the file itself as the weights source: --weights /path/to/{path.name}"
+                    f"  or pass the file itself as the weights source: --weights /path/to/{path.name}\n"
+                    f"  or pass allow_download=True to let torchvision download it",
+                    option="allow_download",
                 )
             torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
         strict_load(model, read_state_dict(path), str(path), arch, self.layout)

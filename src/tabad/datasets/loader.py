@@ -52,7 +52,7 @@ class Batches:
     the batches the uninterrupted run would have seen.
     """
 
-    images: "object"  # torch.Tensor uint8 (N, 3, H, W)
+    images: "object"  # torch.Tensor uint8 (N, 3, H, W), or float model inputs passed through as they are
     batch_size: int
     device: "object" = "cpu"
     #: True (ImageNet statistics), an object with ``mean`` and ``std``, or False / None ([0, 1] floats).
@@ -67,6 +67,8 @@ class Batches:
 
     def _convert(self, x):
         x = x.to(self.device)
+        if x.is_floating_point():  # already model inputs (e.g. tabad fit's own resize and normalisation)
+            return x
         if self.normalise is True:
             return normalize(x)
         if not self.normalise:
@@ -114,18 +116,14 @@ def load_split(samples: Sequence[Sample], geometry: Geometry, workers: int = 2, 
     h, w = geometry.output_size
     images = torch.empty((len(samples), 3, h, w), dtype=torch.uint8)
     masks = torch.zeros((len(samples), h, w), dtype=torch.bool)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    from tabad.progress import progress as progress_bar
 
-        bar = tqdm(total=len(samples), desc=desc, unit="img", leave=False)
+    bar = progress_bar(total=len(samples), desc=desc, unit="img", leave=False, disable=not progress)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for i, (arr, m) in enumerate(pool.map(lambda s: _load_one(s, geometry), samples)):
             images[i] = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
             masks[i] = torch.from_numpy(np.ascontiguousarray(m))
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+            bar.update()
+    bar.close()
     labels = np.array([s.label for s in samples], dtype=np.int64)
     return LoadedSplit(samples, images, masks, labels)

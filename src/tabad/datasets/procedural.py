@@ -996,7 +996,7 @@ def make_dataset(
     size:
         Side of the square RGB images, >= 64 (the content is scaled).
     progress:
-        Show a tqdm progress bar.
+        Show progress: a bar on a terminal, a line every few seconds in a log (:mod:`tabad.progress`).
     difficulty:
         Defect subtlety: contrast is multiplied by ``1 / difficulty`` and
         defect extent by ``1 / sqrt(difficulty)``. 1.0 is calibrated so that
@@ -1048,13 +1048,13 @@ def make_dataset(
                 return _summary(out, params, True, time.perf_counter() - t0)
             if not overwrite:
                 raise DataError(out, f"dataset is incomplete (missing {', '.join(missing)}); "
-                                     "pass overwrite=True to generate it again")
+                                     "pass overwrite=True to generate it again", option="overwrite")
         if not overwrite:
             diff = sorted(k for k in set(params) | set(existing or {})
                           if (existing or {}).get(k) != params.get(k))
             raise DataError(out, "holds a procedural dataset made with different parameters "
                                  f"({', '.join(diff)} differ); pass overwrite=True to replace it "
-                                 "or choose another folder")
+                                 "or choose another folder", option="overwrite")
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         # Never delete or mix into something we did not write.
         raise DataError(out, "exists and is not an empty folder nor a tabad procedural dataset; "
@@ -1073,19 +1073,12 @@ def make_dataset(
             for d in DEFECTS[c]:
                 (tmp / c / "test" / d).mkdir(parents=True)
                 (tmp / c / "ground_truth" / d).mkdir(parents=True)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        from tabad.progress import progress as progress_bar
 
-            bar = tqdm(total=len(jobs), desc="procedural dataset", unit="img")
-        try:
+        with progress_bar(total=len(jobs), desc="procedural dataset", unit="img", disable=not progress) as bar:
             for c, split, i, d in jobs:
                 _write_one(tmp, c, split, i, d, seed, size, difficulty)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.update(1)
         # dataset.json last: its presence marks a complete dataset
         (tmp / "dataset.json").write_text(json.dumps(_describe(params), indent=2) + "\n", encoding="utf-8")
         if out.exists():

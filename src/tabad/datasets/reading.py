@@ -148,7 +148,7 @@ def raise_problems(problems: list[Problem], category: str, hint: str) -> None:
         message += f" (and {len(rest)} more problem(s) in category {category!r}: {listed}"
         message += " ...)" if len(rest) > 5 else ")"
     message += f"{hint}; pass skip_bad=True to leave bad files out"
-    raise DataError(path, message)
+    raise DataError(path, message, option="skip_bad")
 
 
 def _stacklevel_outside_datasets() -> int:

@@ -56,7 +56,7 @@ def config_from_dict(config_class: type, values: dict):
 
 
 def build_header(model: nn.Module, extra: dict | None = None) -> dict:
-    import tabad
+    from tabad.version import __version__
     header = {
         "format": FORMAT,
         "method": model.name,
@@ -65,7 +65,7 @@ def build_header(model: nn.Module, extra: dict | None = None) -> dict:
         "backbone": model.backbone_description(),
         "normalisation": None if model.normalisation is None else model.normalisation.to_dict(),
         "fitted": model.fitted_state(),
-        "tabad_version": tabad.__version__,
+        "tabad_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
     }
     header.update(extra or {})

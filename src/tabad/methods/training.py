@@ -87,7 +87,7 @@ def run_epochs(method: Trainable, batches, epochs: int, *, checkpoint: Path | No
                progress: bool = False, desc: str = "train", save_every: int = 1,
                on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train ``method`` for ``epochs`` epochs (resuming from ``checkpoint``); returns the per-epoch log."""
-    from tqdm.auto import tqdm
+    from tabad.progress import progress as progress_bar
 
     start, log = 0, []
     if checkpoint is not None:
@@ -95,7 +95,7 @@ def run_epochs(method: Trainable, batches, epochs: int, *, checkpoint: Path | No
         if restored is not None:
             start, log = restored
     n_images = getattr(batches, "n_images", None)
-    bar = tqdm(total=epochs, initial=start, desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = progress_bar(total=epochs, initial=start, desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         values = dict(method.train_epoch(batches, epoch))

@@ -6,6 +6,10 @@ uint8) and kept in memory. Item ``k`` of an epoch is addressed as
 from ``numpy.random.default_rng([seed, epoch, i])``, so the sample is the same
 whichever worker makes it, and a resumed run sees exactly the batches an
 uninterrupted one would.
+
+:func:`monitor_split` sets aside the held-out normal images on which the
+trainer measures, each epoch, how far the features moved from the initial
+backbone's (:mod:`tabad.pretrain.cka`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,51 @@ class PretrainImages:
     def members(self) -> list[np.ndarray]:
         """Indices of each class's images."""
         return [np.flatnonzero(self.labels == c) for c in range(len(self.class_folders))]
+
+    def subset(self, indices: Sequence[int]) -> "PretrainImages":
+        """These images only (same classes and class indices)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return PretrainImages(list(self.class_folders), self.images[torch.from_numpy(idx)], self.labels[idx],
+                              [self.files[i] for i in idx] if self.files else [], list(self.roots))
+
+
+@dataclass
+class MonitorSplit:
+    """Which images train and which monitor the features (indices into the loaded images)."""
+
+    train: np.ndarray
+    monitor: np.ndarray
+    #: True when the monitor images could not be held out and are training images too.
+    monitor_trained_on: bool
+
+
+def monitor_split(images: PretrainImages, fraction: float = 0.1, max_images: int = 64, seed: int = 0) -> MonitorSplit:
+    """Hold out a seeded ``fraction`` of the images (at least 1, at most ``max_images``) for monitoring.
+
+    Images are taken in a seeded random order, skipping any whose class would
+    be left without a training image, so every class still trains. When that
+    leaves fewer than 2 training images (or holds nothing out), the monitor
+    images are taken from the training images instead and
+    ``monitor_trained_on`` says so. ``fraction == 0``: no monitoring.
+    """
+    n = len(images)
+    everything = np.arange(n)
+    if fraction <= 0 or max_images <= 0:
+        return MonitorSplit(everything, np.zeros(0, dtype=np.int64), False)
+    k = int(min(max_images, max(1, round(fraction * n))))
+    order = np.random.default_rng([seed, 0xC4A]).permutation(n)
+    left = np.bincount(images.labels, minlength=len(images.class_folders))
+    held: list[int] = []
+    for i in order:
+        if len(held) == k:
+            break
+        if left[images.labels[i]] >= 2:
+            left[images.labels[i]] -= 1
+            held.append(int(i))
+    if not held or n - len(held) < 2:
+        return MonitorSplit(everything, np.sort(order[:k]), True)
+    monitor = np.sort(np.array(held, dtype=np.int64))
+    return MonitorSplit(np.setdiff1d(everything, monitor), monitor, False)
 
 
 def load_pretrain_images(roots: Sequence[str | Path], categories: Sequence[str] | None, geometry: Geometry,

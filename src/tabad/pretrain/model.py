@@ -3,6 +3,12 @@
 backbone (any :mod:`tabad.backbones` family) → global average pool of its
 last stage → projection head to the text dimension D → L2 normalisation. Only the backbone is kept
 after pre-training; the head and the logit scale are training scaffolding.
+
+What of the backbone trains is set by ``bn_stats`` and ``freeze_stages``
+(:mod:`tabad.pretrain.freeze`): :meth:`TABModel.train` puts the whole model in
+train mode, then puts back in eval mode every BatchNorm layer (``bn_stats="frozen"``)
+and every frozen stage, so a caller's ``model.train()`` (or DDP's) never
+re-estimates statistics that are meant to stay.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ class TABModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, text_dim: int, n_classes: int, loss: str = "tab",
                  head: str = "mlp", init_scale: float = 1 / 0.07, learn_scale: bool = True,
-                 family: Family | None = None):
+                 family: Family | None = None, bn_stats: str = "train", freeze_stages: int = -1):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -68,6 +74,21 @@ class TABModel(nn.Module):
         # (frozen) only so the checkpoint loads strictly into the family's own network.
         classifier = family.classifier(backbone)
         classifier.requires_grad_(False)
+        from tabad.pretrain.freeze import BN_STATS, batchnorms, frozen_groups
+
+        if bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}")
+        self.bn_stats = bn_stats
+        self.freeze_stages = freeze_stages
+        groups = frozen_groups(family.name, backbone, freeze_stages)
+        #: names of the frozen groups ("stem", "layer1", "blocks.0", ...).
+        self.frozen_names = [name for name, _ in groups]
+        # Plain lists (not registered sub-modules): the state dict keeps its layout.
+        self._eval_modules: list[nn.Module] = [m for _, mods in groups for m in mods]
+        for m in self._eval_modules:
+            m.requires_grad_(False)
+        if bn_stats == "frozen":
+            self._eval_modules += batchnorms(backbone)
         self.loss_kind = loss
         in_dim = classifier.in_features
         if loss == "classification":
@@ -81,6 +102,13 @@ class TABModel(nn.Module):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)
+
+    def train(self, mode: bool = True) -> "TABModel":
+        super().train(mode)
+        if mode:
+            for m in self._eval_modules:
+                m.eval()
+        return self
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.family.pooled(self.backbone, x)

@@ -10,13 +10,43 @@ schedule once per epoch).
 
 Output folder::
 
-    backbone.pt     torchvision-keyed state dict: loads with strict=True into
-                    torchvision.models.<arch>() — the product of pre-training
-    backbone.json   provenance sidecar
+    backbone.pt     the product of pre-training: a plain state dict in the
+                    backbone family's public key layout, loading with strict=True
+                    into torchvision.models.<arch>() (ResNets) or timm's
+                    tf_<arch> (EfficientNets, e.g. tf_efficientnet_lite0), and as
+                    a weights source (--weights PATH, load_weights(arch, PATH)).
+                    Its ImageNet classifier keys (fc.* / classifier.*) are the
+                    initial weights' unchanged: the classifier is not on the
+                    feature path, is frozen, and is saved only so that the file
+                    loads strictly into the family's own network.
+    backbone.json   provenance sidecar: family, arch, input normalisation,
+                    bn_stats, frozen stages, CKA monitor set, warnings, config
     state.pt        full training state after the last finished epoch (resume)
-    metrics.csv     one row per epoch
+    metrics.csv     one row per epoch: loss, training alignment accuracy
+                    (acc_normal / acc_abnormal), lr, scale, throughput, and on
+                    the held-out monitor images heldout_acc_normal /
+                    heldout_acc_abnormal, cka_layer2 / cka_layer3 and cka_warning
+    train.log       the run's log lines (a resumed run appends)
     text_features.pt  the frozen (C, D) normal/abnormal prototypes used
     head.pt         projection head + logit scale (for the similarity-matrix figure)
+
+Backbones: any family of :mod:`tabad.backbones` (``arch``). Inputs are
+normalised with the family's statistics (``family.normalisation(arch)``:
+ImageNet mean/std for ResNets, 0.5/0.5 for EfficientNet-Lite).
+
+What trains (:mod:`tabad.pretrain.freeze`): ``bn_stats`` (``auto`` → ``train``
+from random weights, ``frozen`` from pre-trained ones; the default lives in
+``DEFAULT_BN_STATS``) and ``freeze_stages`` (-1: nothing; N: the stem and the
+first N stages).
+
+Feature damage (:mod:`tabad.pretrain.cka`): a seeded ``cka_holdout`` fraction of
+the images (at least 1, at most ``cka_max_images``; 0 turns it off) is held out
+of training (:func:`~tabad.pretrain.data.monitor_split`). After every epoch,
+rank 0 computes on them the plain linear CKA of the layer2/layer3 patch
+features against the *initial* backbone's, and the alignment accuracy of the
+held-out images and their (fixed) synthetic anomalies. From pre-trained
+initial weights, a CKA below ``cka_warn`` (0.8) logs one warning line naming
+the epoch, layer and value, recorded in metrics.csv and backbone.json.
 
 Multi-GPU / multi-process: launch with ``torchrun --nproc_per_node K -m tabad
 pretrain ...``; DDP is set up from the environment (gloo on CPU, NCCL on CUDA).
@@ -39,6 +69,9 @@ import torch
 
 from tabad.errors import TabadError
 from tabad.files import atomic_write_json, atomic_write_text, atomic_write_torch, sha256_file
+from tabad.pretrain.cka import GRID as CKA_GRID
+from tabad.pretrain.cka import LAYERS as CKA_LAYERS
+from tabad.pretrain.cka import cka_warning
 
 
 @dataclass
@@ -79,11 +112,22 @@ class PretrainConfig:
     allow_download: bool = False
     cache_dir: str | None = None
     progress: bool = True
+    #: BatchNorm running statistics: auto | train | frozen (tabad.pretrain.freeze; auto resolves by init)
+    bn_stats: str = "auto"
+    #: -1: nothing frozen; N >= 0: the stem and the first N stages of the backbone (tabad.pretrain.freeze)
+    freeze_stages: int = -1
+    #: fraction of the images held out of training to monitor the features (0: no monitoring)
+    cka_holdout: float = 0.1
+    #: at most this many monitor images
+    cka_max_images: int = 64
+    #: warn when a layer's linear CKA to the initial backbone falls below this (tabad.pretrain.cka)
+    cka_warn: float = 0.8
 
     # Settings a resumed run must share with the run it continues.
     RESUME_KEYS = ("data", "categories", "arch", "init", "text_encoder", "prompts", "loss", "head", "synthetic",
                    "synthetic_options", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                   "schedule", "warmup_steps", "init_scale", "learn_scale", "resize", "crop", "seed")
+                   "schedule", "warmup_steps", "init_scale", "learn_scale", "resize", "crop", "seed",
+                   "bn_stats", "freeze_stages", "cka_holdout", "cka_max_images")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +135,10 @@ class PretrainConfig:
 
 def _dist_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def seed_everything(seed: int) -> None:
@@ -122,10 +170,26 @@ def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
 
 class Trainer:
     def __init__(self, cfg: PretrainConfig, log: Callable[[str], None] = print):
-        self.cfg = cfg
+        from dataclasses import replace
+
+        from tabad.pretrain.freeze import resolve_bn_stats
+
+        # "auto" is resolved once: the value that runs is the one a resume is checked against and recorded.
+        self.cfg = replace(cfg, bn_stats=resolve_bn_stats(cfg.bn_stats, cfg.init))
+        if not 0 <= cfg.cka_holdout < 1:
+            raise TabadError(f"cka_holdout={cfg.cka_holdout}: a fraction of the images in [0, 1)")
         self.rank, self.world, self.local_rank = _dist_env()
-        self.log = log if self.rank == 0 else (lambda *_: None)
+        self._user_log = log if self.rank == 0 else (lambda *_: None)
         self.out = Path(cfg.out)
+        self._init_sha256: str | None = None
+        self._check_cka = False
+
+    def log(self, msg: str) -> None:
+        """The caller's log, and (rank 0) OUT/train.log."""
+        self._user_log(msg)
+        if self.rank == 0 and self.out.is_dir():
+            with open(self.out / "train.log", "a", encoding="utf-8") as f:
+                f.write(msg + "\n")
 
     # ------------------------------------------------------------------ set-up
     def _device(self) -> torch.device:
@@ -162,7 +226,8 @@ class Trainer:
         cfg = self.cfg
         from tabad.backbones import family_of, load_weights
         from tabad.datasets.transforms import Geometry, normalize
-        from tabad.pretrain.data import EpochSampler, SyntheticPairs, load_pretrain_images
+        from tabad.pretrain.data import EpochSampler, SyntheticPairs, load_pretrain_images, monitor_split
+        from tabad.pretrain.freeze import init_kind
         from tabad.pretrain.loss import tab_loss
         from tabad.pretrain.model import TABModel
 
@@ -177,14 +242,30 @@ class Trainer:
                                       progress=cfg.progress and self.rank == 0)
         if len(images) < 2:
             raise TabadError("pre-training needs at least 2 images")
+        # Normal images set aside to monitor the features, never trained on (unless too few images).
+        split = monitor_split(images, cfg.cka_holdout, cfg.cka_max_images, cfg.seed)
+        monitor_images = images.subset(split.monitor)
+        if len(split.train) < len(images):
+            images = images.subset(split.train)
         feats, names = self._text(images.class_folders)
+        family = family_of(cfg.arch)
+        norm = family.normalisation(cfg.arch)  # the statistics the family's weights were trained with
         backbone, init_info = load_weights(cfg.arch, cfg.init, seed=cfg.seed, allow_download=cfg.allow_download)
         text_dim = feats.normal.shape[1] if feats is not None else 1
         model = TABModel(backbone, text_dim, len(names), loss=cfg.loss, head=cfg.head, init_scale=cfg.init_scale,
                          learn_scale=cfg.learn_scale and cfg.loss != "classification",
-                         family=family_of(cfg.arch)).to(device)
+                         family=family, bn_stats=cfg.bn_stats, freeze_stages=cfg.freeze_stages).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
+        self._init_sha256 = init_info.sha256
+        self._family, self._norm, self._split, self._monitor_files = family, norm, split, monitor_images.files
+        # The initial backbone's features, before any training (or resumed state) touches the model.
+        monitor = self._monitor_set(model, monitor_images, family, norm, device) \
+            if len(monitor_images) and self.rank == 0 else None
+        check_cka = self._check_cka = monitor is not None and init_kind(cfg.init) == "pretrained"
+        advice = "consider " + ", ".join((["--bn-stats frozen"] if cfg.bn_stats == "train" else [])
+                                         + ["--freeze-stages N" if cfg.freeze_stages < 0 else "more frozen stages",
+                                            "a lower --lr or fewer epochs"])
         t_n = feats.normal.to(device) if feats is not None else None
         t_a = feats.abnormal.to(device) if feats is not None else None
 
@@ -223,10 +304,16 @@ class Trainer:
                  f"{cfg.epochs} epochs × {steps_per_epoch} steps, batch {cfg.batch_size}, loss {cfg.loss}, "
                  f"text {feats.encoder_identity if feats is not None else 'none'} ({cfg.prompts}), "
                  f"synthetic {generator}, device {device}" + (f", {self.world} processes" if self.world > 1 else ""))
+        self.log(f"{family.name} inputs normalised with mean {list(norm.mean)} std {list(norm.std)}; batchnorm "
+                 f"statistics {cfg.bn_stats}; frozen: {', '.join(model.frozen_names) or 'nothing'}"
+                 + ("" if not len(monitor_images) else
+                    f"; CKA monitor on {len(monitor_images)} "
+                    + ("training images (too few to hold out)" if split.monitor_trained_on else "held-out images")
+                    + ("" if check_cka else " (recorded, not checked: random initial weights)")))
         if start_epoch:
             self.log(f"resuming after epoch {start_epoch} from {state_path}")
 
-        from tqdm.auto import tqdm
+        from tabad.progress import progress
 
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch)
@@ -237,13 +324,13 @@ class Trainer:
             net.train()
             sums = {"loss": 0.0, "loss_normal": 0.0, "loss_abnormal": 0.0, "acc_normal": 0.0, "acc_abnormal": 0.0}
             n_img, t0 = 0, time.perf_counter()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                       disable=not (cfg.progress and self.rank == 0), leave=False)
+            bar = progress(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                           disable=not (cfg.progress and self.rank == 0), leave=False)
             for normal, abnormal, labels in bar:
                 labels = labels.to(device)
                 b = normal.shape[0]
                 x = normal if generator is None else torch.cat([normal, abnormal])
-                x = normalize(x.to(device, non_blocking=True))
+                x = normalize(x.to(device, non_blocking=True), norm.mean, norm.std)
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, enabled=cfg.amp and device.type == "cuda"):
@@ -269,10 +356,20 @@ class Trainer:
                    **{k: v / max(n_img, 1) for k, v in sums.items()}, "scale": model.scale.item(),
                    "images_per_s": n_img * (1 if generator is None else 2) * self.world / seconds,
                    "samples_per_s": n_img * self.world / seconds, "seconds": seconds}
+            row.update(self._monitor_eval(model, monitor, family, norm, device, generator, t_n, t_a))
+            warning = cka_warning(epoch + 1, {k: row[f"cka_{k}"] for k in CKA_LAYERS}, cfg.cka_warn,
+                                  advice) if check_cka else None
+            row["cka_warning"] = warning or ""
             history.append(row)
             self.log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f} acc normal {row['acc_normal']:.3f} "
                      f"abnormal {row['acc_abnormal']:.3f} scale {row['scale']:.2f} "
-                     f"{row['images_per_s']:.1f} img/s")
+                     f"{row['images_per_s']:.1f} img/s"
+                     + ("" if monitor is None else
+                        f"; held-out acc normal {_fmt(row['heldout_acc_normal'])} abnormal "
+                        f"{_fmt(row['heldout_acc_abnormal'])}, CKA to initial layer2 {_fmt(row['cka_layer2'])} "
+                        f"layer3 {_fmt(row['cka_layer3'])}"))
+            if warning:
+                self.log(warning)
             if self.rank == 0:
                 self._save_state(state_path, model, opt, sched, scaler, epoch + 1, history)
         if self.rank == 0:
@@ -282,12 +379,59 @@ class Trainer:
             torch.distributed.destroy_process_group()
         return self.out / "backbone.pt"
 
+    # ------------------------------------------------------------- monitor
+    def _monitor_set(self, model, images, family, norm, device) -> dict:
+        """Held-out images, their fixed synthetic anomalies, and the initial backbone's patch features."""
+        from tabad.pretrain.cka import patch_features
+        from tabad.pretrain.data import SyntheticPairs
+
+        generator = None if self.cfg.loss == "normal-only" else self.cfg.synthetic
+        pairs = SyntheticPairs(images, generator, self.cfg.synthetic_options, self.cfg.seed)
+        items = [pairs[i] for i in range(len(pairs))]  # keys 0..n-1: epoch 0's anomalies, the same every epoch
+        was_training = model.training
+        model.eval()
+        try:
+            reference = patch_features(family, model.backbone, torch.stack([n for n, _, _ in items]), norm.mean,
+                                       norm.std, device)
+        finally:
+            model.train(was_training)
+        return {"normal": torch.stack([n for n, _, _ in items]), "abnormal": torch.stack([a for _, a, _ in items]),
+                "labels": torch.tensor([c for _, _, c in items]), "reference": reference}
+
+    def _monitor_eval(self, model, monitor, family, norm, device, generator, t_n, t_a) -> dict:
+        """Held-out alignment accuracy and CKA to the initial backbone (eval mode; no state, no random numbers)."""
+        from tabad.datasets.transforms import normalize
+        from tabad.pretrain.cka import cka_to_reference, patch_features
+        from tabad.pretrain.loss import tab_loss
+
+        out = {"heldout_acc_normal": None, "heldout_acc_abnormal": None, **{f"cka_{k}": None for k in CKA_LAYERS}}
+        if monitor is None:
+            return out
+        model.eval()
+        try:
+            with torch.no_grad():
+                current = patch_features(family, model.backbone, monitor["normal"], norm.mean, norm.std, device)
+
+                def encode(images):
+                    return torch.cat([model(normalize(images[i : i + 32].to(device), norm.mean, norm.std)).float()
+                                      for i in range(0, len(images), 32)])
+
+                res = tab_loss(encode(monitor["normal"]), None if generator is None else encode(monitor["abnormal"]),
+                               monitor["labels"].to(device), self.cfg.loss, t_n, t_a, model.scale)
+        finally:
+            model.train()
+        for k, v in cka_to_reference(monitor["reference"], current).items():
+            out[f"cka_{k}"] = v
+        out["heldout_acc_normal"] = None if math.isnan(res.acc_normal) else res.acc_normal
+        out["heldout_acc_abnormal"] = None if math.isnan(res.acc_abnormal) else res.acc_abnormal
+        return out
+
     # --------------------------------------------------------------- state
     def _save_state(self, path, model, opt, sched, scaler, epoch, history) -> None:
         # tensors and plain values only: _resume reads it with weights_only=True
         state = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                 "torch_rng": torch.get_rng_state(), "history": history,
+                 "torch_rng": torch.get_rng_state(), "history": history, "init_sha256": self._init_sha256,
                  "config": {k: self.cfg.to_dict()[k] for k in PretrainConfig.RESUME_KEYS}}
         atomic_write_torch(path, state)
         self._write_metrics(history)
@@ -309,7 +453,11 @@ class Trainer:
         if diff:
             lines = "\n".join(f"  {k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise TabadError(f"{path}: the run in {self.out} was started with other settings:\n{lines}\n"
-                             "Resume with the same settings, or choose another --out.")
+                             "Resume with the same settings, or choose another output folder.")
+        if state.get("init_sha256") and self._init_sha256 and state["init_sha256"] != self._init_sha256:
+            raise TabadError(f"{path}: the run in {self.out} started from other initial weights "
+                             f"(sha256 {state['init_sha256'][:16]}…, now {self._init_sha256[:16]}… for "
+                             f"--init {self.cfg.init}); restore them, or choose another output folder")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -325,7 +473,7 @@ class Trainer:
         atomic_write_text(self.out / "metrics.csv", buf.getvalue())
 
     def _export(self, model, init_info, feats, names, images, history) -> None:
-        import tabad
+        from tabad.version import __version__
         from tabad.provenance import environment
 
         backbone_sd = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
@@ -335,13 +483,29 @@ class Trainer:
             "kind": "tab-backbone",
             "arch": self.cfg.arch,
             "sha256": sha256_file(path),
-            "tabad_version": tabad.__version__,
+            "tabad_version": __version__,
             "text_encoder": None if feats is None else feats.encoder_identity,
             "prompts": self.cfg.prompts,
             "prompts_hash": None if feats is None else feats.prompts_hash,
             "loss": self.cfg.loss,
             "synthetic": None if self.cfg.loss == "normal-only" else self.cfg.synthetic,
             "init": init_info.to_dict(),
+            "family": self._family.name,
+            "layout": self._family.layout,
+            "normalisation": self._norm.to_dict(),
+            "bn_stats": self.cfg.bn_stats,
+            "freeze_stages": self.cfg.freeze_stages,
+            "frozen": list(model.frozen_names),
+            "classifier": "the initial weights' ImageNet classifier, frozen and unchanged: kept only so that "
+                          "backbone.pt loads strictly into the family's network",
+            "monitor": {"metric": "plain linear CKA of centred features (tabad.pretrain.cka)",
+                        "layers": list(CKA_LAYERS), "grid": CKA_GRID,
+                        "n_images": len(self._split.monitor),
+                        "held_out": bool(len(self._split.monitor)) and not self._split.monitor_trained_on,
+                        "files": list(self._monitor_files),
+                        "checked": self._check_cka,
+                        "warn_level": self.cfg.cka_warn},
+            "warnings": [row["cka_warning"] for row in history if row.get("cka_warning")],
             "data_roots": images.roots,
             "categories": images.class_folders,
             "class_names": names,
@@ -367,5 +531,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, log: Callable[[str], Non
     """Run pre-training; refuses to overwrite an existing run unless ``resume``."""
     state = Path(cfg.out) / "state.pt"
     if state.exists() and not resume:
-        raise TabadError(f"{cfg.out} already holds a run ({state}); pass --resume to continue it, or choose another --out")
+        raise TabadError(f"{cfg.out} already holds a run ({state}); pass resume=True to continue it, "
+                         "or choose another output folder", option="resume")
     return Trainer(cfg, log).run()
