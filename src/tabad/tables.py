@@ -145,8 +145,10 @@ def environment_text(provenance: Mapping) -> str:
 
 
 def weights_line(w: Mapping) -> str:
-    """One weights source: label, description and a 16-hex prefix of its sha256 (enough to tell files apart)."""
-    return f"- `{w['label']}`: {w['description']} (sha256 `{w['sha256'][:16]}…`)"
+    """One weights source: label, description, the package that shipped it (if any) and a 16-hex prefix of its
+    sha256 (enough to tell files apart; results.json has all of it)."""
+    package = f"; package `{w['package']}`" if w.get("package") else ""
+    return f"- `{w['label']}`: {w['description']} (sha256 `{w['sha256'][:16]}…`{package})"
 
 
 def weights_block(weights: Iterable[Mapping], note: Callable[[Mapping], str] | None = None) -> list[str]:

@@ -19,6 +19,7 @@ def _size(value: str):
 def add_commands(sub) -> None:
     add_fit(sub)
     add_predict(sub)
+    add_serve(sub)
 
 
 # --------------------------------------------------------------------------- fit
@@ -144,4 +145,76 @@ def cmd_predict(args) -> int:
                         skip_bad=args.skip_bad, overlays=not args.no_overlays, masks=not args.no_masks,
                         device=args.device, resume=not args.no_resume)
     run_predict(cfg)
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def add_serve(sub) -> None:
+    from tabad.inspection.defaults import (SERVE_HOST, SERVE_MAX_BATCH, SERVE_MAX_MEGAPIXELS, SERVE_MAX_QUEUE,
+                                           SERVE_MAX_UPLOAD_MB, SERVE_PORT)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a fitted model over HTTP: POST /predict, a web page to upload images, /health, /metadata",
+        description="Serve a model file from `tabad fit` (or an ONNX file from `tabad export`) over HTTP. "
+                    f"Listens on {SERVE_HOST} (this machine only) unless --host says otherwise. One inference "
+                    "runs at a time in a worker thread; concurrent requests wait in a queue and images that "
+                    "wait together are scored as one batch. Needs the serve extra: pip install 'tabad[serve]'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"""\
+endpoints:
+  POST /predict          one image: multipart field "file", or the raw body with Content-Type image/*
+                         -> JSON: score, normalised_score (0.5 = threshold), verdict (anomalous|normal),
+                            defect_area_px, defect_area_pct, threshold, pixel_threshold, input_size,
+                            image_size, filename, model_sha256, elapsed_ms
+       ?overlay=true     adds overlay_png: base64 PNG of image | heat map | defect contour
+  GET  /health           {{"status": "ok", "queued": ..., "served": ..., "failed": ...}}
+  GET  /metadata         method, backbone, weights sha256, thresholds, training date, input size, versions
+  GET  /                 a web page (offline: no external assets) to upload an image and see the overlay
+  GET  /?example=1       the page showing the result on --example IMAGE (scored at start-up; JSON: /example)
+errors (JSON {{"detail": "..."}}): 400 corrupt image or malformed form; 413 upload over --max-upload-mb
+  or image over --max-megapixels; 415 not an image / unsupported Content-Type; 422 no file;
+  503 queue full (retry after 1 s).
+
+examples:
+  tabad serve gear.tabad --port 8000
+  curl -F file=@data/gear/test/good/000.png http://127.0.0.1:8000/predict
+  curl --data-binary @part.png -H 'Content-Type: image/png' 'http://127.0.0.1:8000/predict?overlay=true'
+  curl -s -F file=@part.png 'http://127.0.0.1:8000/predict?overlay=true' \\
+      | python -c "import sys,json,base64; open('overlay.png','wb').write(base64.b64decode(json.load(sys.stdin)['overlay_png']))"
+  curl http://127.0.0.1:8000/metadata
+  tabad serve gear.onnx --example data/gear/test/good/000.png    # then open http://127.0.0.1:8000/?example=1
+  tabad serve gear.tabad --host 0.0.0.0 --port 8080               # reachable from other machines (no auth!)
+""",
+    )
+    p.add_argument("model", type=Path, help="model file (.tabad from `tabad fit`, or .onnx from `tabad export`)")
+    p.add_argument("--host", default=SERVE_HOST,
+                   help=f"address to listen on (default {SERVE_HOST}: this machine only; 0.0.0.0: all interfaces)")
+    p.add_argument("--port", type=int, default=SERVE_PORT, help=f"default {SERVE_PORT}; 0 picks a free port")
+    p.add_argument("--max-upload-mb", type=float, default=SERVE_MAX_UPLOAD_MB,
+                   help=f"larger uploads are refused with 413 (default {SERVE_MAX_UPLOAD_MB:g})")
+    p.add_argument("--max-megapixels", type=float, default=SERVE_MAX_MEGAPIXELS,
+                   help=f"larger images are refused with 413 before decoding (default {SERVE_MAX_MEGAPIXELS:g})")
+    p.add_argument("--max-queue", type=int, default=SERVE_MAX_QUEUE,
+                   help=f"images waiting or being scored before new requests get 503 (default {SERVE_MAX_QUEUE})")
+    p.add_argument("--max-batch", type=int, default=SERVE_MAX_BATCH,
+                   help=f"most waiting images scored together (default {SERVE_MAX_BATCH}; 1: one at a time)")
+    p.add_argument("--example", type=Path, default=None,
+                   help="an image scored at start-up and shown by GET /?example=1")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for inference (default: torch's)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from tabad.inspection.serve import ServeConfig, serve
+
+    cfg = ServeConfig(model=args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb,
+                      max_megapixels=args.max_megapixels, max_queue=args.max_queue, max_batch=args.max_batch,
+                      example=args.example, threads=args.threads, device=args.device,
+                      access_log=not args.no_access_log)
+    serve(cfg, log=lambda line: print(line, flush=True))
     return 0
