@@ -93,7 +93,8 @@ def pooled_features(backbone, images_uint8, layer: str = TSNE_LAYER, batch_size:
 
     out = []
     for i in range(0, len(images_uint8), batch_size):
-        x = normalize(images_uint8[i : i + batch_size].to(device))
+        norm = backbone.normalisation  # the family's statistics (EfficientNet-Lite: 0.5 / 0.5)
+        x = normalize(images_uint8[i : i + batch_size].to(device), norm.mean, norm.std)
         f = backbone(x, [layer])[layer]
         out.append(f.float().mean(dim=(2, 3)).cpu().numpy())
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
@@ -319,7 +320,8 @@ def similarity_figure(run_dir: str | Path, data_root: str | Path, out_path: str 
     normal = torch.stack([pairs[i][0] for i in idx])
     abnormal = torch.stack([pairs[i][1] for i in idx])
     with torch.no_grad():
-        z = model(normalize(torch.cat([normal, abnormal]).to(dev))).float().cpu()
+        norm = family_of(side["arch"]).normalisation(side["arch"])
+        z = model(normalize(torch.cat([normal, abnormal]).to(dev), norm.mean, norm.std)).float().cpu()
     z = torch.nn.functional.normalize(z, dim=-1)
     texts = torch.nn.functional.normalize(torch.cat([t_n, t_a]), dim=-1)
     sim = (z @ texts.T).numpy()

@@ -96,14 +96,21 @@ def test_lite0_resume_is_bit_identical(tiny_mvtec, tmp_path, fake_text, monkeypa
     assert [[r.split(",")[i] for i in keep] for r in ma] == [[r.split(",")[i] for i in keep] for r in mb]
 
 
-def test_resume_refuses_other_bn_stats(tiny_mvtec, tmp_path, fake_text):
+def test_resume_refuses_other_bn_stats_or_initial_weights(tiny_mvtec, tmp_path, fake_text):
+    import torchvision
+
     from tabad.errors import TabadError
 
-    cfg = _cfg(tiny_mvtec, tmp_path / "c", tmp_path, arch="resnet18", crop=56)
-    pretrain(cfg)
-    with pytest.raises(TabadError, match="bn_stats"):
-        pretrain(_cfg(tiny_mvtec, tmp_path / "c", tmp_path, arch="resnet18", crop=56, bn_stats="frozen"),
-                 resume=True)
+    init = tmp_path / "init.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), init)
+    cfg = _cfg(tiny_mvtec, tmp_path / "c", tmp_path, arch="resnet18", crop=56, init=str(init))
+    pretrain(cfg)  # bn_stats auto -> frozen (pre-trained weights), recorded resolved
+    with pytest.raises(TabadError, match="bn_stats: saved 'frozen', now 'train'"):
+        pretrain(_cfg(tiny_mvtec, tmp_path / "c", tmp_path, arch="resnet18", crop=56, init=str(init),
+                      bn_stats="train"), resume=True)
+    torch.save(torchvision.models.resnet18().state_dict(), init)  # other weights under the same name
+    with pytest.raises(TabadError, match="other initial weights"):
+        pretrain(cfg, resume=True)
 
 
 def test_cli_lite0_frozen_bn_and_stages(tiny_mvtec, tmp_path, fake_text):

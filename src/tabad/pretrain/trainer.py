@@ -308,7 +308,7 @@ class Trainer:
                  f"statistics {cfg.bn_stats}; frozen: {', '.join(model.frozen_names) or 'nothing'}"
                  + ("" if not len(monitor_images) else
                     f"; CKA monitor on {len(monitor_images)} "
-                    + ("training images (too few to hold out)" if split.monitor_trained_on else "held-out images")
+                    + ("training image(s) (too few to hold out)" if split.monitor_trained_on else "held-out image(s)")
                     + ("" if check_cka else " (recorded, not checked: random initial weights)")))
         if start_epoch:
             self.log(f"resuming after epoch {start_epoch} from {state_path}")
