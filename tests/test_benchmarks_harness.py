@@ -30,7 +30,8 @@ REPORTS = [("padim_vs_anomalib", "padim_vs_anomalib"),
            ("patchcore_vs_anomalib", "patchcore_vs_anomalib"),
            ("patchcore_vs_anomalib", "patchcore_vs_anomalib_procedural"),
            ("rd4ad_vs_anomalib", "rd4ad_vs_anomalib"),
-           ("rd4ad_vs_anomalib", "rd4ad_vs_anomalib_procedural")]
+           ("rd4ad_vs_anomalib", "rd4ad_vs_anomalib_procedural"),
+           ("export_parity", "export_parity")]
 
 
 # ----------------------------------------------------------------------------- committed reports

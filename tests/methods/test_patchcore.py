@@ -14,7 +14,8 @@ from tabad.backbones import build_backbone
 from tabad.errors import ConfigError, TabadError
 from tabad.methods import REGISTRY, create_method, method_names
 from tabad.methods.patchcore import (PatchCore, PatchCoreConfig, coreset_indices, greedy_kcenter,
-                                     johnson_lindenstrauss_dim, nearest_neighbors, sparse_projection_matrix)
+                                     johnson_lindenstrauss_dim, nearest_neighbors, nearest_neighbors_graph,
+                                     sparse_projection_matrix, star_first)
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +256,88 @@ def test_no_reweighting_gives_raw_max(backbone, data, fitted):
         scores, _ = raw.predict(data[1])
         assert torch.equal(scores, raw.patch_scores(data[1])[0].flatten(1).amax(1))
         assert (scores >= fitted.predict(data[1])[0]).all()
+
+
+def _old_reweight_weights(model: PatchCore, scores, nn_idx, rows) -> torch.Tensor:
+    """PatchCore.reweight_weights before the vectorised rewrite (per-image list comprehension), verbatim."""
+    b = min(model.config.num_neighbors, model.memory_bank.shape[0])
+    flat = scores.flatten(1)
+    if b == 1:
+        return torch.ones(flat.shape[0], device=flat.device)
+    arange = torch.arange(flat.shape[0], device=flat.device)
+    star = flat.argmax(dim=1)
+    m_test = rows[arange, star]
+    m_star = nn_idx[arange, star]
+    _, support = model._nn(model.memory_bank[m_star], b)
+    others = support.masked_fill(support == m_star[:, None], -1)
+    keep = torch.stack([row[row >= 0][: b - 1] for row in others])
+    support = torch.cat([m_star[:, None], keep], dim=1)
+    dist = (m_test[:, None, :] - model.memory_bank[support]).norm(dim=-1)
+    return 1.0 - torch.softmax(dist, dim=1)[:, 0]
+
+
+def _old_star_first(support, star, b):
+    others = support.masked_fill(support == star[:, None], -1)
+    return torch.cat([star[:, None], torch.stack([row[row >= 0][: b - 1] for row in others])], dim=1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_vectorised_eq7_support_equals_the_loop_with_duplicate_bank_rows(seed):
+    """star_first (exportable) selects the indices of the old per-row loop, including where duplicate bank rows
+    tie with m* (m* then may or may not be among its own k nearest)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(12, 6, generator=g)
+    bank = torch.cat([base, base[:4], base[:4], base[2:3].repeat(9, 1)])  # 2-3 copies, one row 11 times
+    bank = bank[torch.randperm(len(bank), generator=g)]
+    for b in (2, 5, 9):
+        queries = bank[torch.randint(len(bank), (40,), generator=g)]
+        _, star = nearest_neighbors(queries, bank, 1, use_faiss=False)
+        _, support = nearest_neighbors(bank[star[:, 0]], bank, b, use_faiss=False)
+        assert torch.equal(star_first(support, star[:, 0], b), _old_star_first(support, star[:, 0], b))
+        # and on arbitrary distinct-index rows, with and without the star among them
+        rows = torch.stack([torch.randperm(len(bank), generator=g)[:b] for _ in range(30)])
+        stars = torch.where(torch.rand(30, generator=g) < 0.5, rows[:, int(torch.randint(b, (1,), generator=g))],
+                            torch.randint(len(bank), (30,), generator=g))
+        assert torch.equal(star_first(rows, stars, b), _old_star_first(rows, stars, b))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vectorised_reweighting_is_bit_identical_to_the_loop(backbone, data, seed):
+    model = create_method("patchcore", backbone, {"coreset_ratio": 0.5}).fit([data[0]])
+    g = torch.Generator().manual_seed(seed)
+    bank = model.memory_bank
+    # Duplicate rows: every row of the bank twice, and one row many times.
+    model.memory_bank = torch.cat([bank, bank, bank[:1].repeat(12, 1)])[torch.randperm(2 * len(bank) + 12,
+                                                                                        generator=g)]
+    model.after_load()
+    x = torch.cat([data[1], torch.randn(2, 3, 32, 32, generator=g)])
+    grid, nn_idx, rows = model.patch_scores(x)
+    for b in (1, 2, 9):
+        model.config = PatchCoreConfig(coreset_ratio=0.5, num_neighbors=b)
+        new = model.reweight_weights(grid, nn_idx, rows)
+        assert torch.equal(new, _old_reweight_weights(model, grid, nn_idx, rows))
+
+
+def test_graph_search_equals_the_chunked_search(backbone, data):
+    """The exportable search (all queries at once, bank blocks unrolled) is bit-identical to the chunked search
+    while the queries fit one chunk, and agrees to rounding otherwise."""
+    g = torch.Generator().manual_seed(3)
+    q, bank = torch.randn(130, 20, generator=g), torch.randn(90, 20, generator=g)
+    for k in (1, 4):
+        for chunk in (30, 4096):
+            d_old, i_old = nearest_neighbors(q[:25], bank, k, chunk_size=chunk, use_faiss=False)
+            d_new, i_new = nearest_neighbors_graph(q[:25], bank, k, chunk_size=chunk)
+            assert torch.equal(d_old, d_new) and torch.equal(i_old, i_new)
+            d_old, i_old = nearest_neighbors(q, bank, k, chunk_size=chunk, use_faiss=False)
+            d_new, i_new = nearest_neighbors_graph(q, bank, k, chunk_size=chunk)
+            torch.testing.assert_close(d_new, d_old, rtol=1e-5, atol=1e-5)
+            assert torch.equal(i_old, i_new)
+    model = create_method("patchcore", backbone, {"coreset_ratio": 0.25}).fit([data[0]])
+    model.use_faiss = False
+    want = model(data[1])
+    model.graph_search = True
+    got = model(data[1])  # 3 images x 16 patches: one chunk
+    assert torch.equal(want.scores, got.scores) and torch.equal(want.maps, got.maps)
 
 
 def test_map_is_upsampled_blurred_patch_scores(fitted, data):

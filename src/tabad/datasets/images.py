@@ -33,8 +33,8 @@ from PIL import Image, UnidentifiedImageError
 from tabad.datasets.listing import EXTENSIONS_TEXT, IMAGE_EXTENSIONS, image_files, is_image_file
 from tabad.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "as_mask", "as_rgb", "image_size", "is_image_file", "load_image", "load_mask",
-           "load_mask_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "as_mask", "as_rgb", "decode_image", "image_size", "is_image_file", "load_image",
+           "load_mask", "load_mask_folder"]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 # What PIL raises on malformed data besides OSError, depending on the codec.
@@ -48,20 +48,7 @@ def _open_decoded(path: str | Path) -> Image.Image:
         # Reading through our own file object keeps the decoded image valid
         # after the file is closed (Image.close() would discard the pixels).
         with open(path, "rb") as f:
-            try:
-                image = Image.open(f)
-            except UnidentifiedImageError:
-                raise DataError(path, "not a readable image (unknown format or corrupt header)") from None
-            except Image.DecompressionBombError as e:
-                raise DataError(path, f"image too large to decode safely ({e})") from None
-            except _DECODE_ERRORS as e:
-                raise DataError(path, f"corrupt image header ({e})") from None
-            try:
-                image.load()
-            except Image.DecompressionBombError as e:
-                raise DataError(path, f"image too large to decode safely ({e})") from None
-            except _DECODE_ERRORS as e:
-                raise DataError(path, f"truncated or corrupt image data ({e})") from None
+            return _decode_stream(f, path)
     except FileNotFoundError:
         raise DataError(path, "file does not exist") from None
     except IsADirectoryError:
@@ -70,6 +57,26 @@ def _open_decoded(path: str | Path) -> Image.Image:
         raise DataError(path, "permission denied") from None
     except OSError as e:  # raised by open() itself, e.g. an I/O error
         raise DataError(path, f"cannot read file ({e})") from None
+
+
+def _decode_stream(f, path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode the image in file object ``f`` (named ``path`` in errors)."""
+    try:
+        image = Image.open(f)
+    except UnidentifiedImageError:
+        raise DataError(path, "not a readable image (unknown format or corrupt header)") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(path, f"image too large to decode safely ({e})") from None
+    except _DECODE_ERRORS as e:
+        raise DataError(path, f"corrupt image header ({e})") from None
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise DataError(path, f"image is {image.width}x{image.height} pixels, more than the {max_pixels} allowed")
+    try:
+        image.load()
+    except Image.DecompressionBombError as e:
+        raise DataError(path, f"image too large to decode safely ({e})") from None
+    except _DECODE_ERRORS as e:
+        raise DataError(path, f"truncated or corrupt image data ({e})") from None
     return image
 
 
@@ -147,6 +154,21 @@ def load_image(path: str | Path) -> Image.Image:
         return as_rgb(image)
     except _DECODE_ERRORS as e:
         raise DataError(path, f"cannot convert image mode {image.mode!r} to RGB ({e})") from None
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file held in memory (an upload) completely and return it as 8-bit RGB.
+
+    The same rules as :func:`load_image`; errors name ``name``. ``max_pixels`` refuses larger images
+    from their header, before their pixels are decoded.
+    """
+    import io
+
+    image = _decode_stream(io.BytesIO(data), name, max_pixels)
+    try:
+        return as_rgb(image)
+    except _DECODE_ERRORS as e:
+        raise DataError(name, f"cannot convert image mode {image.mode!r} to RGB ({e})") from None
 
 
 def load_mask(path: str | Path) -> np.ndarray:

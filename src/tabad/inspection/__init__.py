@@ -9,4 +9,8 @@
   exported;
 * :mod:`~tabad.inspection.fit`: ``tabad fit``;
 * :mod:`~tabad.inspection.predict`: ``tabad predict`` (CSV, JSONL, overlays, masks; resumable).
+* :mod:`~tabad.inspection.export`: ``tabad export`` (one ONNX file: uint8 images in, verdicts, maps and
+  masks out; the model file's header in its metadata);
+* :mod:`~tabad.inspection.onnx`: :class:`OnnxInspectionModel`, exported models through ONNX Runtime with
+  the interface ``tabad predict`` uses.
 """

@@ -19,6 +19,7 @@ def _size(value: str):
 def add_commands(sub) -> None:
     add_fit(sub)
     add_predict(sub)
+    add_export(sub)
     add_serve(sub)
 
 
@@ -145,6 +146,46 @@ def cmd_predict(args) -> int:
                         skip_bad=args.skip_bad, overlays=not args.no_overlays, masks=not args.no_masks,
                         device=args.device, resume=not args.no_resume)
     run_predict(cfg)
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a fitted model as one ONNX file: uint8 images in, verdicts, maps and masks out",
+        description="Export a model file from `tabad fit` to ONNX. The graph holds everything from the camera "
+                    "image to the verdict: resize (bilinear, antialiased) and crop, normalisation, the method "
+                    "(PatchCore's memory bank included), map smoothing and the thresholds. The model file's "
+                    "header (method, config, backbone weights sha256, geometry, thresholds, the source file's "
+                    "sha256) is stored as JSON in the ONNX metadata under the key 'tabad'.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""\
+graph:
+  input   images  uint8 (N, H, W, 3) RGB; any N, H and W (one size per batch)
+  outputs score (N,) float32, normalised_score (N,) float32 (0.5 = threshold), label (N,) int64
+          (1 = anomalous), anomaly_map (N, h, w) float32, mask (N, h, w) uint8; (h, w) = the model's input size
+exportable: padim, patchcore, rd4ad, simplenet (models with thresholds, i.e. from `tabad fit`).
+Every export is checked: ONNX Runtime and PyTorch are run on synthetic images and must agree to float rounding.
+
+examples:
+  tabad export gear.tabad --out gear.onnx
+  tabad predict gear.onnx new_parts/ --out runs/onnx_predictions
+""",
+    )
+    p.add_argument("model", type=Path, help="model file from `tabad fit`")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default onnx)")
+    p.add_argument("--out", required=True, type=Path, help="file to write, e.g. model.onnx")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from tabad.inspection.export import export_onnx
+
+    export_onnx(args.model, args.out, check=not args.no_check)
     return 0
 
 

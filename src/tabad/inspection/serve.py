@@ -75,6 +75,9 @@ RAW_TYPES = ("application/octet-stream",)
 #: The multipart field that holds the image.
 FIELD = "file"
 _NOT_AN_IMAGE = "not a readable image"  # the start of DataError.problem for an unknown format
+#: Magic numbers: a file that starts like an image but cannot be opened is a corrupt image (400), not another
+#: kind of file (415). PNG, JPEG, GIF, BMP, TIFF (both byte orders), WebP (RIFF).
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
 @dataclass
@@ -223,21 +226,50 @@ def _settle(future: asyncio.Future, result, error) -> None:
 # --------------------------------------------------------------------------- reading uploads
 
 
+#: An oversized upload up to this much larger is read and discarded before the 413, so that clients that send
+#: the whole body before reading the answer (urllib, requests) get the 413 instead of a reset connection.
+DRAIN_BYTES = 64 * 2**20
+
+
 async def read_body(request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 from its Content-Length or as soon as it grows past ``max_bytes``."""
+    """The request body, refused with 413 from its Content-Length or as soon as it grows past ``max_bytes``.
+
+    Nothing over ``max_bytes`` is kept in memory.
+    """
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
+    expects_continue = request.headers.get("expect", "").lower() == "100-continue"
+    n = None
     if declared is not None:
         try:
             n = int(declared)
         except ValueError:
             raise UploadError(400, f"bad Content-Length header {declared!r}") from None
-        if n > max_bytes:
-            raise UploadError(413, _too_large(n, max_bytes))
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise UploadError(413, _too_large(None, max_bytes))
+    total = 0
+    try:
+        if n is not None and n > max_bytes:
+            # Refused unread. A client waiting for "100 Continue" (curl) never sends the body; others are sent
+            # to the end (up to DRAIN_BYTES) so that they can read the answer.
+            if not expects_continue and n <= max_bytes + DRAIN_BYTES:
+                async for chunk in request.stream():
+                    total += len(chunk)
+                    if total > max_bytes + DRAIN_BYTES:
+                        break
+            raise UploadError(413, _too_large(n, max_bytes))
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                body = None
+                if total > max_bytes + DRAIN_BYTES:
+                    break
+                continue  # read on (discarding) to the end, then answer 413
+            body += chunk
+    except ClientDisconnect:
+        raise UploadError(400, "the client disconnected during the upload") from None
+    if body is None:
+        raise UploadError(413, _too_large(None, max_bytes))
     return bytes(body)
 
 
@@ -298,8 +330,10 @@ def decode_upload(data: bytes, name: str, max_pixels: int | None) -> np.ndarray:
         return np.array(decode_image(data, name, max_pixels=max_pixels))
     except DataError as exc:
         if exc.problem.startswith(_NOT_AN_IMAGE):
-            raise UploadError(415, f"{name}: not an image (unknown format or corrupt header); "
-                                   "send a PNG, JPEG, BMP or TIFF file") from None
+            if data.startswith(_IMAGE_SIGNATURES):
+                raise UploadError(400, f"{name}: corrupt image (its header cannot be read)") from None
+            raise UploadError(415, f"{name}: not an image (unknown format); send a PNG, JPEG, BMP or TIFF file") \
+                from None
         if "pixels, more than" in exc.problem or "too large to decode" in exc.problem:
             raise UploadError(413, f"{exc} (tabad serve --max-megapixels)") from None
         raise UploadError(400, f"{name}: {exc.problem}") from None
@@ -339,17 +373,17 @@ def _sha256_file(path: Path | None) -> str | None:
 def model_metadata(model, model_path: Path | None = None, model_sha256: str | None = None) -> dict:
     """What ``GET /metadata`` answers (from the model file's header; missing facts are null)."""
     header = getattr(model, "header", None) or {}
-    backbone = header.get("backbone") or {}
+    source = header.get("model_header") or {}  # an ONNX export keeps its source model's header there
+    backbone = header.get("backbone") or source.get("backbone") or {}
     weights = backbone.get("weights") or {}
-    training = header.get("training") or {}
+    training = header.get("training") or source.get("training") or {}
     cal = model.calibration
-    geometry = (header.get("inspection") or {}).get("geometry")
+    geometry = (header.get("inspection") or {}).get("geometry") or header.get("geometry")
     h, w = model.input_size
     return {
         "model_file": None if model_path is None else Path(model_path).name,
         "model_sha256": model_sha256,
-        "format": "onnx" if model_path is not None and Path(model_path).suffix.lower() == ".onnx" else
-        header.get("format"),
+        "format": header.get("format"),
         "method": header.get("method"),
         "config": header.get("config"),
         "backbone": backbone.get("arch"),
@@ -361,7 +395,7 @@ def model_metadata(model, model_path: Path | None = None, model_sha256: str | No
         "training": {"created": training.get("created"), "data": training.get("data"),
                      "n_train": training.get("n_train"), "n_calibration": training.get("n_calibration"),
                      "seed": training.get("seed"), "validation": training.get("validation")} if training else None,
-        "trained_with_tabad": header.get("tabad_version"),
+        "trained_with_tabad": source.get("tabad_version") or header.get("tabad_version"),
         "tabad_version": __version__,
     }
 
@@ -398,7 +432,7 @@ def create_app(model, *, model_path: Path | None = None, max_upload_mb: float = 
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -476,7 +510,7 @@ def create_app(model, *, model_path: Path | None = None, max_upload_mb: float = 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model_sha256": sha, "queued": jobs.pending, "served": jobs.served,
-                "failed": jobs.failed, "uptime_s": round(time.time() - state["started"], 1)}
+                "failed": jobs.failed, "batches": jobs.batches, "uptime_s": round(time.time() - state["started"], 1)}
 
     @app.get("/metadata")
     async def metadata():
@@ -487,6 +521,10 @@ def create_app(model, *, model_path: Path | None = None, max_upload_mb: float = 
         if state["example"] is None:
             raise UploadError(404, "no example image: start the server with --example IMAGE")
         return state["example"]
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(status_code=204)
 
     @app.get("/", response_class=HTMLResponse)
     async def page(example: bool = False):
@@ -561,7 +599,8 @@ PAGE = r"""<!doctype html>
   header h1 { font-size: 19px; margin: 0; }
   header .model { color: #c5cbd6; font-size: 13px; }
   main { max-width: 1100px; margin: 0 auto; padding: 20px 24px; }
-  .card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px; margin-bottom: 16px; }
+  .card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px;
+          margin-bottom: 16px; }
   form { display: flex; gap: 12px; align-items: center; flex-wrap: wrap; }
   #drop { border: 2px dashed var(--line); border-radius: 8px; padding: 14px; flex: 1; min-width: 260px; }
   #drop.over { border-color: #4a7bd0; background: #eef3fc; }
@@ -615,7 +654,7 @@ PAGE = r"""<!doctype html>
       <span>defect contour</span></div>
   </div>
   <div class="card"><table id="meta"></table>
-    <p class="hint">API: <code>curl -F file=@part.png 'http://HOST/predict?overlay=true'</code>,
+    <p class="hint">API: <code>curl -F file=@part.png '<span id="origin">http://HOST</span>/predict?overlay=true'</code>,
       <code>GET /health</code>, <code>GET /metadata</code>, <code>GET /?example=1</code>.</p></div>
 </main>
 <script>
@@ -624,10 +663,13 @@ const $ = (id) => document.getElementById(id);
 const m = BOOT.metadata;
 const fmt = (x, d) => (x === null || x === undefined) ? "–" : Number(x).toFixed(d);
 $("maxmb").textContent = BOOT.max_upload_mb;
-$("model").textContent = [m.model_file, m.method, m.backbone, m.weights && m.weights.source].filter(Boolean).join(" · ");
+$("origin").textContent = location.origin;
+$("model").textContent = [m.model_file, m.method, m.backbone, m.weights && m.weights.source]
+  .filter(Boolean).join(" · ");
 const rows = [["method", m.method], ["backbone", m.backbone],
   ["weights", m.weights ? `${m.weights.source} (sha256 ${String(m.weights.sha256 || "").slice(0, 12)}…)` : null],
-  ["image threshold", m.thresholds ? `${fmt(m.thresholds.image.value, 4)} (${m.thresholds.image.rule}, target ${m.thresholds.image.target})` : null],
+  ["image threshold", m.thresholds ? `${fmt(m.thresholds.image.value, 4)} (${m.thresholds.image.rule}, ` +
+    `target ${m.thresholds.image.target})` : null],
   ["pixel threshold", m.thresholds ? fmt(m.thresholds.pixel.value, 4) : null],
   ["input size", m.input_size.join(" × ")], ["trained", m.training && m.training.created],
   ["model sha256", m.model_sha256 && m.model_sha256.slice(0, 16) + "…"], ["tabad", m.tabad_version]];

@@ -52,7 +52,15 @@ Implementation notes (no effect on the numbers beyond float rounding):
   on a CPU than the row-major layout.
 * Nearest-neighbour search uses ``faiss.IndexFlatL2`` when faiss is installed
   and the bank is on the CPU, otherwise chunked ``‖a‖² − 2a·b + ‖b‖²`` blocks
-  of at most ``chunk_size × chunk_size`` distances.
+  of at most ``chunk_size × chunk_size`` distances. While the model is being
+  exported (``torch.export`` / ONNX, :func:`exporting`) the search is
+  :func:`nearest_neighbors_graph`: the same blocks, all queries at once and
+  the bank's blocks unrolled, so the graph has no data-dependent loop and any
+  batch size (bit-identical to the chunked search in PyTorch when the
+  queries fit one chunk; ONNX runtimes round the matrix products their own way).
+* Eq. 7's neighbourhood (m* first, then the b − 1 nearest others) is built
+  with a top-k over positions (:func:`star_first`), not a per-image Python
+  loop, so it too exports; it selects the same indices.
 * In ``"official"`` mode the per-layer pooling over the C·9 vector is applied
   *before* the bilinear resize of layer3; both are linear and act on different
   axes (features vs. positions), so they commute, and layer3 is resized at 1024
@@ -317,6 +325,11 @@ def coreset_indices(features: torch.Tensor, config: PatchCoreConfig, device=None
 # --------------------------------------------------------------------------- nearest neighbours
 
 
+def exporting() -> bool:
+    """True while the model is traced for export (``torch.export``, the ONNX exporters, ``torch.jit.trace``)."""
+    return bool(torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing())
+
+
 def _faiss():
     try:
         import faiss  # type: ignore[import-not-found]
@@ -368,6 +381,57 @@ def nearest_neighbors(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chu
     return out_d, out_i
 
 
+def nearest_neighbors_graph(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk_size: int = 4096,
+                            bank_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`nearest_neighbors` without faiss and without a loop over the queries: exportable, any batch size.
+
+    Every query against one block of ``chunk_size`` bank rows at a time (the
+    bank is fixed, so the loop over its blocks unrolls to a fixed graph), the
+    blocks merged as in :func:`nearest_neighbors` (first of equal distances
+    wins). Memory: queries × ``chunk_size`` distances. With at most
+    ``chunk_size`` queries it computes exactly what :func:`nearest_neighbors`
+    computes without faiss.
+    """
+    k = min(k, bank.shape[0])
+    if bank_sq is None:
+        bank_sq = (bank * bank).sum(1)
+    q_sq = (queries * queries).sum(1, keepdim=True)
+    best_d = best_i = None
+    for blo in range(0, bank.shape[0], chunk_size):
+        b = bank[blo : blo + chunk_size]
+        d = torch.addmm(q_sq, queries, b.T, alpha=-2.0) + bank_sq[blo : blo + chunk_size]
+        if k == 1:
+            d, i = d.min(dim=1, keepdim=True)
+        else:
+            d, i = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
+        i = i + blo
+        if best_d is None:
+            best_d, best_i = d, i
+        elif k == 1:
+            better = d < best_d
+            best_d, best_i = torch.where(better, d, best_d), torch.where(better, i, best_i)
+        else:
+            best_d, j = torch.topk(torch.cat([best_d, d], 1), k, dim=1, largest=False)
+            best_i = torch.cat([best_i, i], 1).gather(1, j)
+    return best_d.clamp(min=0), best_i
+
+
+def star_first(support: torch.Tensor, star: torch.Tensor, b: int) -> torch.Tensor:
+    """Rows (B, b): ``star`` then the first b − 1 entries of ``support`` (B, ≥ b) that are not ``star``, in order.
+
+    Eq. 7's N_b(m*) with m* in front. Equal to the per-row
+    ``torch.cat([star, row[row != star][: b - 1]])`` whenever every row keeps
+    b − 1 entries (``support`` holds distinct indices, as k-NN results do), but
+    vectorised: entries equal to ``star`` get a key past every position and a
+    top-k of the (distinct) keys picks the first b − 1 others, in order.
+    """
+    n = support.shape[1]
+    pos = torch.arange(n, device=support.device).expand_as(support)
+    key = torch.where(support == star[:, None], pos + n, pos)
+    order = torch.topk(key, b - 1, dim=1, largest=False, sorted=True).indices
+    return torch.cat([star[:, None], support.gather(1, order)], dim=1)
+
+
 # --------------------------------------------------------------------------- the method
 
 
@@ -385,6 +449,8 @@ class PatchCore(AnomalyModel):
         self.grid: tuple[int, int] | None = None
         self.n_patches: int | None = None
         self.use_faiss = True
+        #: search with :func:`nearest_neighbors_graph` (always so while exporting).
+        self.graph_search = False
 
     def after_load(self) -> None:
         self._bank_sq = (self.memory_bank * self.memory_bank).sum(1)
@@ -438,6 +504,8 @@ class PatchCore(AnomalyModel):
 
     def _nn(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         sq = self._bank_sq if self._bank_sq.numel() == self.memory_bank.shape[0] else None
+        if self.graph_search or exporting():
+            return nearest_neighbors_graph(queries, self.memory_bank, k, self.config.chunk_size, sq)
         return nearest_neighbors(queries, self.memory_bank, k, self.config.chunk_size, sq, self.use_faiss)
 
     @torch.no_grad()
@@ -472,9 +540,7 @@ class PatchCore(AnomalyModel):
         m_star = nn_idx[arange, star]  # (B,) their nearest bank entries
         _, support = self._nn(self.memory_bank[m_star], b)  # (B, b)
         # N_b(m*) includes m* itself, in front (a duplicate bank row could otherwise tie with it).
-        others = support.masked_fill(support == m_star[:, None], -1)
-        keep = torch.stack([row[row >= 0][: b - 1] for row in others])
-        support = torch.cat([m_star[:, None], keep], dim=1)
+        support = star_first(support, m_star, b)
         dist = (m_test[:, None, :] - self.memory_bank[support]).norm(dim=-1)  # Euclidean, as in Eq. 7
         return 1.0 - torch.softmax(dist, dim=1)[:, 0]
 
