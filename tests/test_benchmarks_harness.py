@@ -31,7 +31,8 @@ REPORTS = [("padim_vs_anomalib", "padim_vs_anomalib"),
            ("patchcore_vs_anomalib", "patchcore_vs_anomalib_procedural"),
            ("rd4ad_vs_anomalib", "rd4ad_vs_anomalib"),
            ("rd4ad_vs_anomalib", "rd4ad_vs_anomalib_procedural"),
-           ("export_parity", "export_parity")]
+           ("export_parity", "export_parity"),
+           ("export_latency", "export_latency")]
 
 
 # ----------------------------------------------------------------------------- committed reports
@@ -55,7 +56,7 @@ def test_render_only_writes_the_md_and_leaves_the_json(module, name, tmp_path):
 
 def test_every_comparison_and_runner_parses_help():
     for name in ("padim_vs_anomalib", "patchcore_vs_anomalib", "rd4ad_vs_anomalib", "anomalib_padim_runner",
-                 "anomalib_patchcore_runner", "anomalib_rd4ad_runner"):
+                 "anomalib_patchcore_runner", "anomalib_rd4ad_runner", "export_latency", "anomalib_export_runner"):
         with pytest.raises(SystemExit) as e:
             __import__(name).main(["--help"])
         assert e.value.code == 0

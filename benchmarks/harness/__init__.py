@@ -1,6 +1,6 @@
 """The side-by-side harness: what every ``<method>_vs_anomalib.py`` comparison shares.
 
-Three modules, split by the interpreter that imports them:
+Four modules, split by the interpreter that imports them:
 
 ``harness.sidebyside`` (tabad's interpreter, the driver)
     The same inputs for both libraries (``--sets`` parsing, the one weights file, tabad's
@@ -17,6 +17,10 @@ Three modules, split by the interpreter that imports them:
     The ``Folder`` datamodule with its mask pairing checked, the pre-processing transform,
     the Evaluator metrics, backbone weights loading, raw-output capture, test-batch
     recording, stage timing, saving ``predictions.npz`` and ``anomalib.json``.
+``harness.latency`` (either interpreter; standard library + numpy, the runtime imported lazily)
+    The inference-latency child of ``export_latency.py``: one runtime (tabad PyTorch, tabad
+    ONNX, bare ONNX Runtime, OpenVINO), one model, one batch size per process, the same timing
+    loop, warm-up and image stream for all; per-call times, RSS marks (``VmHWM``) and outputs.
 
 A new comparison (``<method>_vs_anomalib.py`` + ``anomalib_<method>_runner.py``) supplies
 only what is specific to its method: the runner's model and hooks, the driver's extra

@@ -96,7 +96,6 @@ def export_reason(model) -> str | None:
 def inspection_graph(model):
     """The ``nn.Module`` that is exported: uint8 (N, H, W, 3) → the outputs of ``model`` as a tuple."""
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
     class InspectionGraph(nn.Module):
@@ -106,16 +105,9 @@ def inspection_graph(model):
 
         def forward(self, images: torch.Tensor):
             m = self.inner
-            x = images.permute(0, 3, 1, 2).float() / 255.0
             # Always resized (N, H, W are symbolic): at the resize size this is exactly the identity in
             # PyTorch, which is what InspectionModel.resize_crop's skip assumes.
-            x = F.interpolate(x, size=m.resize_hw, mode="bilinear", align_corners=False, antialias=True)
-            rh, rw = m.resize_hw
-            ch, cw = m.crop_hw
-            if (ch, cw) != (rh, rw):
-                top, left = int(round((rh - ch) / 2.0)), int(round((rw - cw) / 2.0))
-                x = x[:, :, top : top + ch, left : left + cw]
-            x = (x - m.mean) / m.std
+            x = (m.resize_crop(images, always_resize=True) - m.mean) / m.std
             out = m.method(x)
             return tuple(m.decide(out[0], out[1]))
 

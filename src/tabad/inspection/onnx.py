@@ -93,6 +93,7 @@ def _load(path: Path):
         raise OnnxModelError(f"{path}: unsupported tabad ONNX format "
                              f"{header.get('format') if isinstance(header, dict) else header!r}; "
                              f"this tabad reads {FORMAT}")
+    del proto  # the parsed copy is not needed any more: only the session holds the model
     return raw, header
 
 
@@ -101,7 +102,7 @@ class OnnxInspectionModel:
 
     def __init__(self, path, providers: list[str] | None = None, threads: int | None = None):
         from tabad.datasets.transforms import Geometry
-        from tabad.inspection.pipeline import OUTPUT_NAMES, Calibration
+        from tabad.inspection.records import OUTPUT_NAMES, Calibration
 
         self.path = Path(path)
         raw, self.header = _load(self.path)
@@ -128,7 +129,7 @@ class OnnxInspectionModel:
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """The raw outputs (name → array) of one uint8 batch (N, H, W, 3)."""
-        from tabad.inspection.pipeline import OUTPUT_NAMES
+        from tabad.inspection.records import OUTPUT_NAMES
 
         images = np.ascontiguousarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
@@ -137,7 +138,7 @@ class OnnxInspectionModel:
 
     def predict(self, images, batch_size: int = 8) -> list:
         """Predictions for image paths, PIL images or uint8 (H, W, 3) arrays, of any sizes."""
-        from tabad.inspection.pipeline import as_uint8_image
+        from tabad.inspection.records import as_uint8_image
 
         if self.calibration is None:
             raise TabadError(f"{self.path}: this model has no thresholds")
@@ -178,7 +179,7 @@ class OnnxInspectionModel:
 
 
 def _prediction(res: dict[str, np.ndarray], i: int, item):
-    from tabad.inspection.pipeline import Prediction
+    from tabad.inspection.records import Prediction
 
     mask = res["mask"][i]
     area = int(mask.sum())

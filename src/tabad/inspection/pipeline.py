@@ -19,93 +19,23 @@ resized, cropped image).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tabad.datasets.transforms import Geometry
-from tabad.inspection.thresholds import Threshold
 
-
-class InspectionOutput(NamedTuple):
-    """Named outputs (also the ONNX output names)."""
-
-    score: torch.Tensor  # (N,) raw image score
-    normalised_score: torch.Tensor  # (N,) in [0, 1], 0.5 = threshold
-    label: torch.Tensor  # (N,) int64, 1 = anomalous (score > threshold)
-    anomaly_map: torch.Tensor  # (N, h, w) raw map at the model's input size
-    mask: torch.Tensor  # (N, h, w) uint8, 1 = defect pixel (map > pixel threshold)
-
-
-OUTPUT_NAMES = InspectionOutput._fields
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The image and pixel thresholds of a fitted model."""
-
-    image: Threshold
-    pixel: Threshold
-
-    def to_dict(self) -> dict:
-        return {"image": self.image.to_dict(), "pixel": self.pixel.to_dict()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
-        return cls(Threshold.from_dict(d["image"]), Threshold.from_dict(d["pixel"]))
-
-
-@dataclass
-class Prediction:
-    """The verdict on one image."""
-
-    path: str | None
-    score: float
-    normalised_score: float
-    #: "anomalous" or "normal".
-    verdict: str
-    defect_area_px: int
-    defect_area_pct: float
-    anomaly_map: np.ndarray  # (h, w) float32
-    mask: np.ndarray  # (h, w) uint8
-
-    @classmethod
-    def from_output(cls, out: InspectionOutput, i: int, path=None) -> "Prediction":
-        mask = out.mask[i].cpu().numpy()
-        area = int(mask.sum())
-        return cls(None if path is None else str(path), float(out.score[i]), float(out.normalised_score[i]),
-                   "anomalous" if int(out.label[i]) else "normal", area, round(100.0 * area / mask.size, 4),
-                   out.anomaly_map[i].float().cpu().numpy(), mask)
-
-    def record(self) -> dict:
-        """The JSON-able fields (no arrays)."""
-        return {"path": self.path, "score": self.score, "normalised_score": self.normalised_score,
-                "verdict": self.verdict, "defect_area_px": self.defect_area_px,
-                "defect_area_pct": self.defect_area_pct}
-
-
-def as_uint8_image(item) -> np.ndarray:
-    """A path, PIL image or array → uint8 RGB (H, W, 3)."""
-    from PIL import Image
-
-    from tabad.datasets.images import as_rgb, load_image
-
-    if isinstance(item, (str, Path)):
-        return np.array(load_image(item))
-    if isinstance(item, Image.Image):
-        return np.array(as_rgb(item))
-    arr = np.asarray(item)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 RGB array (H, W, 3), got {arr.dtype} {arr.shape}")
-    return np.ascontiguousarray(arr)
+# The records live in a torch-free module (for the ONNX runtime path); imported here for the pipeline's users.
+from tabad.inspection.records import (  # noqa: F401
+    OUTPUT_NAMES,
+    Calibration,
+    InspectionOutput,
+    Prediction,
+    as_uint8_image,
+)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -148,10 +78,14 @@ class InspectionModel(nn.Module):
             x = self.resize_crop(torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0))
         return (x[0].permute(1, 2, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
-    def resize_crop(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, 3) → float (N, 3, h, w) in [0, 1]: resized (bilinear, antialiased) and centre-cropped."""
+    def resize_crop(self, images: torch.Tensor, always_resize: bool = False) -> torch.Tensor:
+        """uint8 (N, H, W, 3) → float (N, 3, h, w) in [0, 1]: resized (bilinear, antialiased) and centre-cropped.
+
+        An image already at the resize size is not resized (in PyTorch that resize is exactly the
+        identity); ``always_resize`` keeps the step for a traced graph, whose input size is symbolic.
+        """
         x = images.permute(0, 3, 1, 2).float() / 255.0
-        if tuple(x.shape[-2:]) != self.resize_hw:
+        if always_resize or tuple(x.shape[-2:]) != self.resize_hw:
             x = F.interpolate(x, size=self.resize_hw, mode="bilinear", align_corners=False, antialias=True)
         rh, rw = self.resize_hw
         ch, cw = self.crop_hw

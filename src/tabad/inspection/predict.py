@@ -112,13 +112,12 @@ def _read_done(path: Path, model_sha: str) -> dict[str, dict]:
 
 
 def load_any_model(path: Path, device: str = "auto"):
-    """A ``.onnx`` file through onnxruntime, anything else as a tabad model file."""
-    from tabad.device import resolve_device
-
+    """A ``.onnx`` file through onnxruntime (torch is never imported), anything else as a tabad model file."""
     if Path(path).suffix.lower() == ".onnx":
         from tabad.inspection.onnx import OnnxInspectionModel
 
         return OnnxInspectionModel(path)
+    from tabad.device import resolve_device
     from tabad.inspection.pipeline import load_inspection
 
     return load_inspection(path, device=resolve_device(device))
