@@ -255,8 +255,9 @@ class Trainer:
         model = TABModel(backbone, text_dim, len(names), loss=cfg.loss, head=cfg.head, init_scale=cfg.init_scale,
                          learn_scale=cfg.learn_scale and cfg.loss != "classification",
                          family=family, bn_stats=cfg.bn_stats, freeze_stages=cfg.freeze_stages).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        # channels_last lets oneDNN / cuDNN pick their fast kernels: ~2x on CPU for EfficientNet-Lite's
+        # depthwise convolutions (fwd+bwd), as the benchmark's feature extractor already does.
+        model = model.to(memory_format=torch.channels_last)
         self._init_sha256 = init_info.sha256
         self._family, self._norm, self._split, self._monitor_files = family, norm, split, monitor_images.files
         # The initial backbone's features, before any training (or resumed state) touches the model.
@@ -331,8 +332,7 @@ class Trainer:
                 b = normal.shape[0]
                 x = normal if generator is None else torch.cat([normal, abnormal])
                 x = normalize(x.to(device, non_blocking=True), norm.mean, norm.std)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, enabled=cfg.amp and device.type == "cuda"):
                     out = net(x)
                 out_n, out_a = (out, None) if generator is None else (out[:b], out[b:])
