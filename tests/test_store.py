@@ -51,10 +51,10 @@ def test_benchmark_pair_keys_are_unchanged(version_0_1_0):
     from tabad.benchmark import BenchmarkConfig, Target, pair_key
 
     target = Target(Path("/data/mvtec"), "mvtec", "carpet", "mvtec", "carpet")
-    cfg = BenchmarkConfig(data=Path("/data/mvtec"), out=Path("/tmp/o"), seed=3,
+    cfg = BenchmarkConfig(data=Path("/data/mvtec"), out=Path("out"), seed=3,
                           method_options={"padim": {"n_features": 20}})
     assert pair_key(cfg, target, "padim", "ab" * 32, 10, 8, [2, 5, 0]) == "0c32ed0e0150b79716d8"
-    cfg = BenchmarkConfig(data=Path("/data/mvtec"), out=Path("/tmp/o"), methods=["rd4ad"], epochs=2,
+    cfg = BenchmarkConfig(data=Path("/data/mvtec"), out=Path("out"), methods=["rd4ad"], epochs=2,
                           resize=(48, 64), crop=None)  # --epochs enters a training method's options
     assert pair_key(cfg, target, "rd4ad", "cd" * 32, 6, 6, []) == "62a040fc6063311b6ac3"
 
@@ -62,7 +62,7 @@ def test_benchmark_pair_keys_are_unchanged(version_0_1_0):
 def test_classify_result_keys_are_unchanged(version_0_1_0):
     from tabad.classify import ClassifyConfig, result_key
 
-    cfg = ClassifyConfig(data=Path("/data/w.npz"), out=Path("/tmp/o"))
+    cfg = ClassifyConfig(data=Path("/data/w.npz"), out=Path("out"))
     data = SimpleNamespace(sha256="ef" * 32)
     record = {"test_fraction": 0.2, "n_pool": 16, "n_train": 12, "n_test": 4, "hash": "01" * 32, "evaluate": "test"}
     assert result_key(cfg, data, "ab" * 32, "linear-probe", record, 52) == "989906765c6aeedb692b"

@@ -439,11 +439,11 @@ class Trainer:
     def _resume(self, path, model, opt, sched, scaler):
         try:
             with warnings.catch_warnings():
-                # torch warns about pickle protocols of foreign files it then refuses anyway
+                # torch warns about the serialisation protocol of foreign files it then refuses anyway
                 warnings.simplefilter("ignore")
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            # torch's own message advises weights_only=False, which must never be done with this file
+            # torch's own message advises turning safe loading off, which must never be done with this file
             raise TabadError(f"{path}: not a readable training state (truncated, damaged, or holding more than "
                              f"tensors and plain values: {type(exc).__name__}); delete it to start over") from exc
         if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
