@@ -12,8 +12,3 @@ def test_resolve_device():
     assert resolve_device("cuda:1") == torch.device("cuda", 1)  # resolving does not touch the GPU
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-
-def test_benchmark_still_exports_it_for_one_release():
-    import tabad.benchmark
-
-    assert tabad.benchmark.resolve_device is resolve_device

@@ -25,7 +25,6 @@ from typing import Callable
 
 import numpy as np
 
-from tabad.device import resolve_device  # also importable from here for one release; import it from tabad.device
 from tabad.errors import TabadError
 from tabad.store import ResultStore, run_key, save_npz
 
@@ -177,6 +176,7 @@ def run_benchmark(cfg: BenchmarkConfig, log: Callable[[str], None] = print) -> d
     from tabad.datasets.loader import load_split
     from tabad.datasets.readers import read_category
     from tabad.datasets.transforms import Geometry
+    from tabad.device import resolve_device
     from tabad.methods import create_method, method_class, method_names
     from tabad.provenance import environment
     from tabad.panels import heatmap_panel

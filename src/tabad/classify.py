@@ -570,8 +570,6 @@ def run_classify(cfg: ClassifyConfig, log: Callable[[str], None] = print) -> dic
     """Run the classification described by ``cfg``; returns the ``results.json`` content."""
     import copy
 
-    import torch
-
     from tabad.backbones import family_of, load_weights
     from tabad.backbones.base import PooledNetwork
     from tabad.provenance import environment

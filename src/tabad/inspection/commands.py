@@ -204,18 +204,18 @@ def add_serve(sub) -> None:
                     "runs at a time in a worker thread; concurrent requests wait in a queue and images that "
                     "wait together are scored as one batch. Needs the serve extra: pip install 'tabad[serve]'.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"""\
+        epilog="""\
 endpoints:
   POST /predict          one image: multipart field "file", or the raw body with Content-Type image/*
                          -> JSON: score, normalised_score (0.5 = threshold), verdict (anomalous|normal),
                             defect_area_px, defect_area_pct, threshold, pixel_threshold, input_size,
                             image_size, filename, model_sha256, elapsed_ms
        ?overlay=true     adds overlay_png: base64 PNG of image | heat map | defect contour
-  GET  /health           {{"status": "ok", "queued": ..., "served": ..., "failed": ...}}
+  GET  /health           {"status": "ok", "queued": ..., "served": ..., "failed": ...}
   GET  /metadata         method, backbone, weights sha256, thresholds, training date, input size, versions
   GET  /                 a web page (offline: no external assets) to upload an image and see the overlay
   GET  /?example=1       the page showing the result on --example IMAGE (scored at start-up; JSON: /example)
-errors (JSON {{"detail": "..."}}): 400 corrupt image or malformed form; 413 upload over --max-upload-mb
+errors (JSON {"detail": "..."}): 400 corrupt image or malformed form; 413 upload over --max-upload-mb
   or image over --max-megapixels; 415 not an image / unsupported Content-Type; 422 no file;
   503 queue full (retry after 1 s).
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -151,7 +151,7 @@ def fit_model(cfg: FitConfig, log: Callable[[str], None] = print) -> Path:
     from tabad.backbones import build_backbone
     from tabad.device import resolve_device
     from tabad.inspection.pipeline import Calibration, InspectionModel, save_inspection
-    from tabad.inspection.thresholds import Threshold, calibrate, calibrate_labelled, threshold_at_fpr
+    from tabad.inspection.thresholds import Threshold, calibrate, threshold_at_fpr
     from tabad.methods import create_method
     from tabad.methods.base import FitContext
     from tabad.store import run_key
@@ -226,9 +226,6 @@ def _rule_text(t) -> str:
 
 def _validate(cfg: FitConfig, model, image_fpr):
     """The image threshold from a labelled validation category (F1-max or target recall)."""
-    import torch
-
-    from tabad.datasets.images import load_image
     from tabad.datasets.readers import read_category
     from tabad.inspection.thresholds import calibrate_labelled
 
@@ -237,14 +234,10 @@ def _validate(cfg: FitConfig, model, image_fpr):
     if labels.sum() == 0:
         raise ConfigError(f"{cfg.validation}: the validation test split has no anomalous images; "
                           "the false-positive-rate rule needs none (leave out the validation set)")
-    with torch.no_grad():
-        x = torch.cat([model.preprocess(torch.from_numpy(np.array(load_image(s.image_path))).unsqueeze(0))
-                       for s in data.test])
+    # read_category has already checked every file (skip_bad drops the bad ones there).
+    x, _, _ = _decode([s.image_path for s in data.test], model, False, cfg.progress, "validation images")
     scores, _ = _score(model, x, cfg.batch_size)
     t = calibrate_labelled(scores, labels, cfg.threshold, cfg.recall)
     return t, {"data": str(Path(cfg.validation).resolve()), "n": int(labels.size),
                "n_anomalous": int(labels.sum()), "rule": cfg.threshold, "fpr_threshold": image_fpr.to_dict()}
 
-
-def fit_config_dict(cfg: FitConfig) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}

@@ -23,7 +23,7 @@ Fitted methods save and load with :mod:`tabad.methods.modelfile`.
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
